@@ -13,3 +13,11 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A config file, key or value is wrong."""
+
+
+# Exit codes, chosen so Kubernetes' podFailurePolicy can tell them apart (k8s/job.yaml relies on these numbers).
+EXIT_OK = 0
+EXIT_CRASH = 1  # unexpected error: counts against the Job's backoffLimit
+EXIT_USER_ERROR = UserError.exit_code  # bad config/input: retrying cannot help, the Job fails at once
+EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was committed, run the same command again to resume (EX_TEMPFAIL)
+EXIT_PEER_LOST = 76  # another worker died or a collective timed out: restart the whole job to resume
