@@ -35,6 +35,7 @@ class DataConfig:
     name: str = "cifar100"  # cifar10 | cifar100 | digits | synthetic
     dir: str = "data"  # where the official archives are (or are downloaded to)
     download: bool = True  # fetch the official archive when it is not in `dir`
+    md5: str = ""  # expected MD5 of the archive; empty = the published MD5 of the official archive
     label_mode: str = "fine"  # CIFAR-100 only: fine (100 classes) | coarse (20 superclasses)
     validation_split: float = 0.0  # fraction of train held out for validation, chosen by train.seed
     normalization: str = "standardize"  # standardize (per-channel mean/std) | gcn_zca | none
