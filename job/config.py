@@ -57,7 +57,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "sgd"  # sgd | adamw
-    lr: float = 0.1  # per 256 images; the effective LR is lr * global_batch / 256
+    lr: float = 0.2  # per 256 images (0.1 at batch 128); the effective LR is lr * global_batch / 256
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # decoupled for adamw; added to the loss as L2 for sgd

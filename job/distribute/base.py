@@ -66,6 +66,15 @@ class Backend(abc.ABC):
         """Sum of the gradients over replicas that `apply_gradients` does not do by itself."""
         return grads
 
+    def global_norm(self, grads: list[tf.Tensor]) -> tf.Tensor:
+        """Norm of the gradient summed over all replicas (for clipping), called in the replica step after
+        `reduce_gradients`. Inside a tf.distribute strategy the replicas still hold their own parts, so they are summed
+        here; Keras' own clipnorm would clip each replica's part before the sum, which is not the global norm."""
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        return tf.linalg.global_norm(grads)
+
     def broadcast_initial_state(self, variables: list[tf.Variable]) -> None:
         """Make every worker start from the chief's values (after build or restore)."""
 

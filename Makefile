@@ -1,0 +1,49 @@
+# The two commands that do all set-up: `make train` and `make test`. Everything else here is optional.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= cifar100_resnet18
+ARGS ?=
+PYTEST_ARGS ?=
+# A GPU machine gets the CUDA build of the same TensorFlow version.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TF_PACKAGE ?= $(if $(HAS_GPU),tensorflow[and-cuda]==2.21.0,tensorflow-cpu==2.21.0)
+
+.PHONY: install dev train test test-fast tensorboard presets bench clean
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+$(VENV)/.installed: setup.py requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TF_PACKAGE)" -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt $(wildcard tests/tools/install.sh)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	if [ -f tests/tools/install.sh ]; then VENV=$(VENV) bash tests/tools/install.sh; fi
+	touch $@
+
+## train the preset CONFIG (default cifar100_resnet18) with ARGS="key=value ..." into runs/<preset>; rerun resumes
+train: install
+	$(PY) -m job train --config $(CONFIG) $(ARGS)
+
+## the whole test suite, slow end-to-end tests included (what CI runs)
+test: dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## the quick part of the suite, for the edit-test loop
+test-fast: dev
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+presets: install
+	$(PY) -m job presets
+
+## TensorBoard on http://127.0.0.1:6006 over every run in runs/
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port 6006
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

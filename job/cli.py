@@ -1,0 +1,82 @@
+"""`python -m job` and the `job` console script: train, evaluate, presets, config."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from job.errors import EXIT_CRASH, UserError
+
+log = logging.getLogger("job")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m job",
+                                     description="Train, resume and evaluate CIFAR-10/100 classifiers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train (running the same command again resumes)")
+    train.add_argument("--config", default="cifar100_resnet18", help="preset name or YAML path")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=10")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run's checkpoint on the test set")
+    evaluate.add_argument("--run-dir", required=True, help="the run directory (local path or gs://)")
+    evaluate.add_argument("--checkpoint", default="", help="latest (default), best, or a checkpoint prefix")
+
+    sub.add_parser("presets", help="list the bundled presets")
+
+    show = sub.add_parser("config", help="print the effective config of a preset with overrides")
+    show.add_argument("--config", default="cifar100_resnet18", help="preset name or YAML path")
+    show.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from job.runtime import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return _dispatch(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - peer loss gets its own exit code so Kubernetes retries the job
+        from job.distribute.errors import is_peer_lost_error
+        from job.errors import EXIT_PEER_LOST
+
+        if is_peer_lost_error(e):
+            print(f"error: lost contact with another worker ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                  "restart the job to resume from the last checkpoint", file=sys.stderr)
+            return EXIT_PEER_LOST
+        log.exception("training crashed")
+        return EXIT_CRASH
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from job import config as configlib
+
+    if args.command == "presets":
+        presets = configlib.list_presets()
+        width = max(map(len, presets))
+        for name, description in presets.items():
+            print(f"{name:<{width}}  {description}")
+        return 0
+    if args.command == "config":
+        print(configlib.to_yaml(configlib.load_config(args.config, args.overrides)), end="")
+        return 0
+    if args.command == "train":
+        cfg = configlib.load_config(args.config, args.overrides)
+        from job.train import train
+
+        return train(cfg)
+    if args.command == "evaluate":
+        from job.evaluate import evaluate_run
+
+        evaluate_run(args.run_dir, args.checkpoint)
+        return 0
+    raise AssertionError(args.command)

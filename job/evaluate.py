@@ -1,0 +1,157 @@
+"""Final evaluation: metrics from the test set's predictions, stored as eval/metrics.json and eval/report.txt."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from job import data as datalib
+
+log = logging.getLogger("job")
+
+METRICS_FILE = "eval/metrics.json"
+REPORT_FILE = "eval/report.txt"
+
+
+def predict_logits(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    dataset = datalib.eval_dataset(images, np.zeros(len(images), np.int32), batch_size)
+    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+    return np.concatenate([predict(x).numpy() for x, _ in dataset]) if len(images) else np.zeros((0, 0))
+
+
+def compute_metrics(labels: np.ndarray, logits: np.ndarray, class_names: list[str],
+                    fine_to_coarse: np.ndarray | None = None, coarse_names: list[str] | None = None) -> dict[str, Any]:
+    """Loss, top-1/top-5, macro and per-class precision/recall/F1, the confusion matrix, and (CIFAR-100) the
+    superclass accuracy of the fine predictions. Classes never predicted get precision 0 (as sklearn's
+    zero_division=0)."""
+    labels = np.asarray(labels, np.int64)
+    num_classes = logits.shape[1]
+    predictions = logits.argmax(axis=1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    top5 = np.argsort(-logits, axis=1)[:, :min(5, num_classes)]
+
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    true_positive = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    precision = np.divide(true_positive, predicted, out=np.zeros(num_classes), where=predicted > 0)
+    recall = np.divide(true_positive, support, out=np.zeros(num_classes), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
+
+    metrics: dict[str, Any] = {
+        "examples": int(len(labels)),
+        "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
+        "top1": float((predictions == labels).mean()),
+        "top5": float((top5 == labels[:, None]).any(axis=1).mean()),
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "per_class": [
+            {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        ],
+        "confusion_matrix": confusion.tolist(),
+    }
+    if fine_to_coarse is not None:
+        metrics["coarse_top1"] = float((fine_to_coarse[predictions] == fine_to_coarse[labels]).mean())
+        metrics["coarse_classes"] = list(coarse_names or [])
+    return metrics
+
+
+def format_report(metrics: dict[str, Any], title: str) -> str:
+    lines = [title, "",
+             f"{'examples':<18}{metrics['examples']:>10}",
+             f"{'loss':<18}{metrics['loss']:>10.4f}",
+             f"{'top-1 accuracy':<18}{metrics['top1']:>10.4f}",
+             f"{'top-5 accuracy':<18}{metrics['top5']:>10.4f}"]
+    if "coarse_top1" in metrics:
+        lines.append(f"{'superclass top-1':<18}{metrics['coarse_top1']:>10.4f}")
+    lines += [f"{'macro precision':<18}{metrics['macro_precision']:>10.4f}",
+              f"{'macro recall':<18}{metrics['macro_recall']:>10.4f}",
+              f"{'macro F1':<18}{metrics['macro_f1']:>10.4f}", ""]
+    return "\n".join(lines)
+
+
+def format_per_class(metrics: dict[str, Any]) -> str:
+    width = max([len(c["class"]) for c in metrics["per_class"]] + [5])
+    lines = [f"{'class':<{width}}  precision  recall      f1  support"]
+    for c in metrics["per_class"]:
+        lines.append(f"{c['class']:<{width}}  {c['precision']:>9.4f}  {c['recall']:>6.4f}  {c['f1']:>6.4f}  "
+                     f"{c['support']:>7d}")
+    return "\n".join(lines) + "\n"
+
+
+def confusion_image(confusion: np.ndarray) -> np.ndarray:
+    """The confusion matrix as a (1, H, W, 3) uint8 heat map for TensorBoard, rows normalised, scaled up to be seen."""
+    rows = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+    scale = max(1, 400 // confusion.shape[0])
+    heat = np.kron(normalised, np.ones((scale, scale)))
+    rgb = np.stack([heat, heat ** 0.5 * 0.6, 1.0 - heat], axis=-1)
+    return (rgb[None] * 255).astype(np.uint8)
+
+
+def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: str = "final") -> dict[str, Any]:
+    """Evaluate `model` on the test set, write the reports into the run, print the table, return the metrics."""
+    logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+    metrics = compute_metrics(splits.y_test, logits, splits.class_names,
+                              splits.fine_to_coarse if cfg.data.label_mode == "fine" else None,
+                              splits.coarse_names)
+    metrics.update({"step": int(step), "checkpoint": label, "model": cfg.model.name, "dataset": cfg.data.name})
+    title = f"Evaluation of {cfg.model.name} on the {cfg.data.name} test set (step {step}, {label} weights)"
+    summary = format_report(metrics, title)
+    (run.local / "eval").mkdir(parents=True, exist_ok=True)
+    (run.local / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    (run.local / REPORT_FILE).write_text(summary + "\n" + format_per_class(metrics))
+    run.publish(METRICS_FILE)
+    run.publish(REPORT_FILE)
+    if writer is not None:
+        with writer.as_default(step=step):
+            for key in ("loss", "top1", "top5", "macro_f1", "coarse_top1"):
+                if key in metrics:
+                    tf.summary.scalar(key, metrics[key])
+            tf.summary.image("confusion_matrix", confusion_image(np.array(metrics["confusion_matrix"])))
+        writer.flush()
+    print(summary, flush=True)
+    log.info("evaluation stored in %s/%s and %s", run.url, METRICS_FILE, REPORT_FILE)
+    return metrics
+
+
+def evaluate_run(run_dir: str, checkpoint: str = "") -> dict[str, Any]:
+    """`python -m job evaluate`: rebuild the run's model, restore a checkpoint (default: the newest committed one,
+    `best` for the best by validation top-1, or a checkpoint prefix), evaluate and store."""
+    from job.checkpoint import CheckpointStore, Committed
+    from job.errors import UserError
+    from job.rundir import RunDir
+    from job.runfiles import build_full_model, load_run_config
+    from job.runtime import configure
+
+    run = RunDir.open(run_dir)
+    cfg = load_run_config(run)
+    configure(cfg)
+    splits = datalib.load_splits(cfg.data, cfg.train.seed)
+    model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
+    ckpt = tf.train.Checkpoint(model=model)
+    store = CheckpointStore(run, keep=cfg.checkpoint.keep)
+    if checkpoint in ("", "latest"):
+        chosen = store.latest()
+    elif checkpoint == "best":
+        chosen = store.best()
+    else:
+        if not tf.io.gfile.exists(checkpoint + ".index"):
+            raise UserError(f"checkpoint {checkpoint} not found (expected {checkpoint}.index); give a checkpoint "
+                            "prefix such as RUN/checkpoints/ckpt-1000, or 'latest' / 'best'")
+        chosen = Committed(step=-1, prefix=checkpoint, metrics={})
+    if chosen is None:
+        raise UserError(f"{run.url} has no committed checkpoint to evaluate; train first")
+    ckpt.read(chosen.prefix).expect_partial()
+    label = checkpoint or "latest"
+    metrics = evaluate_and_store(run, cfg, model, splits, step=chosen.step, label=label)
+    run.close(cfg.checkpoint.upload_timeout_seconds)
+    return metrics

@@ -1,0 +1,138 @@
+"""The model zoo: a registry of model builders, one module per family.
+
+Importing this package does not import Keras or TensorFlow (config validation reads MODELS); a family's module is
+imported when one of its models is built.
+
+Every model takes float32 images of `image_shape` and returns float32 logits of shape (batch, num_classes).
+From-scratch models expect images already normalized by the trainer; transfer models (`transfer=True`) take raw
+pixels in [0, 255] and resize and preprocess them themselves.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import keras
+
+    from job.config import ModelConfig
+
+Builder = Callable[["ModelConfig", int, tuple], "keras.Model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    build: Builder  # build(cfg, num_classes, image_shape) -> keras.Model
+    # Learnable parameters of the published architecture with 10 classes (transfer: the ImageNet backbone without
+    # its top); None where no source gives one. tests/test_models.py checks the models against these.
+    published_params: int | None
+    transfer: bool = False
+
+
+def _lazy(module: str, function: str) -> Builder:
+    def build(cfg: ModelConfig, num_classes: int, image_shape: tuple = (32, 32, 3)) -> keras.Model:
+        return getattr(importlib.import_module(f"job.models.{module}"), function)(cfg, num_classes, image_shape)
+
+    build.__name__ = build.__qualname__ = function
+    return build
+
+
+_SPECS = [
+    ModelSpec(
+        "simple_cnn",
+        "Keras' classic cifar10_cnn: Conv32-Conv32-Pool-Conv64-Conv64-Pool-Dense512, dropout from model.dropout",
+        _lazy("baselines", "simple_cnn"),
+        # keras-team/keras examples/cifar10_cnn.py, model.summary(): "Total params: 1,250,858" (10 classes)
+        published_params=1_250_858,
+    ),
+    ModelSpec(
+        "mlp",
+        "dense-only baseline: Flatten-Dense1024-Dense512-classifier with model.dropout",
+        _lazy("baselines", "mlp"),
+        published_params=None,  # our own baseline
+    ),
+    ModelSpec(
+        "elu18",
+        "Clevert et al. 2015 ELU network, 18 conv layers (24.28% CIFAR-100 error), no batch norm",
+        _lazy("elu", "elu18"),
+        published_params=None,  # the paper gives layer shapes, not a parameter count
+    ),
+    ModelSpec(
+        "elu11",
+        "Clevert et al. 2015 ELU network, 11 conv layers (the paper's activation-function comparison net)",
+        _lazy("elu", "elu11"),
+        published_params=None,  # the paper gives layer shapes, not a parameter count
+    ),
+    ModelSpec(
+        "vgg16",
+        "CIFAR VGG-16 with batch norm: 13 conv3x3-BN-ReLU, 5 max-pools, Dense512-BN-ReLU, classifier",
+        _lazy("vgg", "vgg16"),
+        # HRank (Lin et al., CVPR 2020) Table 1: VGGNet-16 on CIFAR-10, 14.98M (Li et al. 2017 Table 1: 1.5e7)
+        published_params=14_980_000,
+    ),
+    ModelSpec(
+        "resnet20",
+        "He et al. 2016 CIFAR ResNet-20 (3x3 basic blocks, 16/32/64 filters, option A shortcuts)",
+        _lazy("resnet", "resnet20"),
+        published_params=270_000,  # He et al. 2016, Table 6: 0.27M
+    ),
+    ModelSpec(
+        "resnet56",
+        "He et al. 2016 CIFAR ResNet-56 (3x3 basic blocks, 16/32/64 filters, option A shortcuts)",
+        _lazy("resnet", "resnet56"),
+        published_params=850_000,  # He et al. 2016, Table 6: 0.85M
+    ),
+    ModelSpec(
+        "resnet110",
+        "He et al. 2016 CIFAR ResNet-110 (3x3 basic blocks, 16/32/64 filters, option A shortcuts)",
+        _lazy("resnet", "resnet110"),
+        published_params=1_700_000,  # He et al. 2016, Table 6: 1.7M
+    ),
+    ModelSpec(
+        "resnet18",
+        "ResNet-18 with a CIFAR stem (3x3 conv, stride 1, no max-pool), basic blocks 64/128/256/512",
+        _lazy("resnet", "resnet18"),
+        # kuangliu/pytorch-cifar ResNet18, the common CIFAR ResNet-18: 11,173,962 parameters for 10 classes
+        published_params=11_173_962,
+    ),
+    ModelSpec(
+        "vgg16_imagenet",
+        "keras.applications VGG16 (ImageNet) backbone + global-pool/dropout/dense head; two-phase fine-tuning",
+        _lazy("transfer", "vgg16_imagenet"),
+        # keras.io/api/applications: VGG16 138,357,544 params with its top (fc1 102,764,544 + fc2 16,781,312
+        # + predictions 4,097,000) -> 14,714,688 without it
+        published_params=14_714_688,
+        transfer=True,
+    ),
+    ModelSpec(
+        "resnet50_imagenet",
+        "keras.applications ResNet50 (ImageNet) backbone + global-pool/dropout/dense head; two-phase fine-tuning",
+        _lazy("transfer", "resnet50_imagenet"),
+        # keras.io/api/applications: ResNet50 25,636,712 params with its top (predictions 2,049,000)
+        # -> 23,587,712 without it, of which 53,120 are BatchNorm moving statistics
+        published_params=23_587_712,
+        transfer=True,
+    ),
+]
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def build_model(cfg: ModelConfig, num_classes: int, image_shape: tuple = (32, 32, 3)) -> keras.Model:
+    """Build the model named by cfg.name (call inside the distribution strategy's scope)."""
+    from job.errors import ConfigError
+
+    if cfg.name not in MODELS:
+        raise ConfigError(f"unknown model {cfg.name!r}; valid: {', '.join(sorted(MODELS))}")
+    return MODELS[cfg.name].build(cfg, num_classes, tuple(image_shape))
+
+
+def set_transfer_phase(model: keras.Model, phase: int, unfreeze_top: int) -> None:
+    """Transfer models only: phase 1 = backbone frozen, phase 2 = its top `unfreeze_top` layers trainable
+    (0 = all), BatchNorm always frozen. Re-trace the train step (and build its optimizer) afterwards."""
+    from job.models.transfer import set_transfer_phase as _set
+
+    _set(model, phase, unfreeze_top)

@@ -1,0 +1,30 @@
+"""Process-wide TensorFlow settings a run needs before any model or dataset exists."""
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of users' logs
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from job.config import Config  # noqa: E402
+
+log = logging.getLogger("job")
+
+
+def configure(cfg: Config) -> None:
+    keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(cfg.train.precision)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "urllib3", "google", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
