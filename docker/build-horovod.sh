@@ -71,6 +71,7 @@ install_wheel() {
   log "installing $1"
   "${pip[@]}" install --no-deps --force-reinstall "$1"
   "${pip[@]}" install "${RUNTIME_DEPS[@]}"
+  "$python_bin" -c 'import horovod, horovod.tensorflow as hvd; assert hvd.gloo_built(); print("[build-horovod] ok: horovod", horovod.__version__, "loads")'
 }
 
 shopt -s nullglob
@@ -130,4 +131,3 @@ cp "${built[0]}" "$cache_dir/.partial"
 mv "$cache_dir/.partial" "$cache_dir/$(basename "${built[0]}")"
 log "cached $cache_dir/$(basename "${built[0]}")"
 install_wheel "$cache_dir/$(basename "${built[0]}")"
-"$python_bin" -c 'import horovod.tensorflow as hvd; assert hvd.gloo_built(); print("[build-horovod] ok: horovod", hvd.__version__)'

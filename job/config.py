@@ -103,6 +103,7 @@ class RunConfig:
 class DistributeConfig:
     backend: str = "auto"  # auto | single | mirrored | multiworker | horovod
     collective_timeout_seconds: float = 300.0  # a dead peer makes the others fail after this long instead of hanging
+    cpu_devices: int = 0  # mirrored without GPUs: split the CPU into this many replicas (tests, rehearsals)
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of users' logs
+import keras
+import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from job.config import Config  # noqa: E402
+from job.config import Config
 
 log = logging.getLogger("job")
 

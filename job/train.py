@@ -69,9 +69,9 @@ def train(cfg: Config) -> int:
     configure(cfg)
     stop = StopRequested()
     backend = make_backend(cfg)
+    splits = datalib.load_splits(cfg.data, cfg.train.seed)  # bad data fails before the run dir is touched
     run = RunDir.open(cfg.run_dir, cfg.run.work_dir, cfg.run.summary_flush_seconds)
-    cfg = prepare_run_config(run, cfg, write=False)  # refuses a changed model/dataset before anything is written
-    splits = datalib.load_splits(cfg.data, cfg.train.seed)
+    prepare_run_config(run, cfg, write=False)  # refuses a changed model/dataset before anything is written
     global_batch = cfg.train.batch_size
     steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), global_batch)
     if cfg.train.max_steps_per_epoch:

@@ -21,7 +21,7 @@ def make_backend(cfg: Config) -> Backend:
     elif name == "mirrored":
         from job.distribute.local import MirroredBackend
 
-        backend = MirroredBackend()
+        backend = MirroredBackend(cfg.distribute.cpu_devices)
     elif name == "multiworker":
         from job.distribute.multiworker import MultiWorkerBackend
 

@@ -21,8 +21,14 @@ class MirroredBackend(Backend):
 
     name = "mirrored"
 
-    def __init__(self) -> None:
-        self.strategy = tf.distribute.MirroredStrategy()
+    def __init__(self, cpu_devices: int = 0) -> None:
+        devices = None
+        if cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
+            # Several replicas on one CPU run the multi-replica code paths (gradient sums, per-replica batches).
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        self.strategy = tf.distribute.MirroredStrategy(devices)
 
     @property
     def num_replicas(self) -> int:

@@ -93,7 +93,6 @@ class MultiWorkerBackend(Backend):
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=resolver, communication_options=options
         )
-        self._host_reduce_count = 0
 
     @property
     def num_replicas(self) -> int:
@@ -131,9 +130,9 @@ class MultiWorkerBackend(Backend):
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
     def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
-        keys = sorted(values)
-        if not keys:
-            keys, values = ["_"], {"_": 0.0}
+        if not values:
+            return {}
+        keys = sorted(values)  # the same order on every worker
         local = tf.constant([float(values[k]) for k in keys], dtype=tf.float64)
         zeros = tf.zeros_like(local)
         local_replicas = self._local_replicas
@@ -144,7 +143,7 @@ class MultiWorkerBackend(Backend):
 
         per_replica = self.strategy.experimental_distribute_values_from_function(value_fn)
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
-        return {k: float(v) for k, v in zip(keys, total) if k in values}
+        return {k: float(v) for k, v in zip(keys, total)}
 
     def barrier(self) -> None:
         self.all_reduce_sum({"barrier": 0.0})

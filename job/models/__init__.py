@@ -32,7 +32,12 @@ class ModelSpec:
     transfer: bool = False
 
 
+_FAMILIES: list[str] = []  # modules of the model families, imported by load_model
+
+
 def _lazy(module: str, function: str) -> Builder:
+    _FAMILIES.append(f"job.models.{module}")
+
     def build(cfg: ModelConfig, num_classes: int, image_shape: tuple = (32, 32, 3)) -> keras.Model:
         return getattr(importlib.import_module(f"job.models.{module}"), function)(cfg, num_classes, image_shape)
 
@@ -128,6 +133,16 @@ def build_model(cfg: ModelConfig, num_classes: int, image_shape: tuple = (32, 32
     if cfg.name not in MODELS:
         raise ConfigError(f"unknown model {cfg.name!r}; valid: {', '.join(sorted(MODELS))}")
     return MODELS[cfg.name].build(cfg, num_classes, tuple(image_shape))
+
+
+def load_model(path: str) -> keras.Model:
+    """keras.models.load_model after importing every family, so their custom layers are registered (a fresh
+    process has not imported them: the builders are lazy). Safe mode stays on: no lambdas are deserialized."""
+    import keras
+
+    for module in sorted(set(_FAMILIES)):
+        importlib.import_module(module)
+    return keras.models.load_model(path)
 
 
 def set_transfer_phase(model: keras.Model, phase: int, unfreeze_top: int) -> None:

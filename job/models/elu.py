@@ -34,11 +34,12 @@ ELU18_STACKS: list[Stack] = [
 ]
 ELU18_DROPOUT = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0)
 
-# The 11-layer network of the paper's CIFAR-100 comparison of ELU with ReLU/LReLU/SReLU and with batch-normalized
-# ReLU networks: stacks ([1x192x5], [1x192x1, 1x240x3], [1x240x1, 1x260x2], [1x260x1, 1x280x2], [1x280x1, 1x300x2],
-# [1x300x1], [1x100x1]), dropout (0, 0, 0, 0, 0, 0.1, 0) on each stack's last layer. The same stacks appear in
-# independent reimplementations (e.g. the "CIFAR100-ELU" example network of the SMAUG simulator and a Torch
-# `createModel` with layers annotated 1x192x5 ... 1x100x1).
+# The 11-layer network the paper uses to compare ELU with other activations and with batch-normalized ReLU nets on
+# CIFAR-100: stacks ([1x192x5], [1x192x1, 1x240x3], [1x240x1, 1x260x2], [1x260x1, 1x280x2], [1x280x1, 1x300x2],
+# [1x300x1], [1x100x1]), dropout (0, 0, 0, 0, 0, 0.1, 0) on each stack's last layer. Checked against independent
+# reimplementations: the "CIFAR100-ELU" example network of the SMAUG simulator (conv0_stack0 192x5x5 ...
+# conv0_stack6 100x1x1), a Torch createModel annotated 1x192x5 ... 1x100x1, and a PyTorch ELUNetwork "build11"
+# (same kernels, 2x wider, its own dropout schedule).
 ELU11_STACKS: list[Stack] = [
     [(1, 192, 5)],
     [(1, 192, 1), (1, 240, 3)],

@@ -1,0 +1,319 @@
+"""Checkpoints with a commit protocol: a checkpoint exists only once its commit object is stored.
+
+Stored layout under the run URL (a plain TF checkpoint directory, so tf.train.latest_checkpoint works on it):
+
+    checkpoints/ckpt-<step>.index, checkpoints/ckpt-<step>.data-*   written by tf.train.Checkpoint.write
+    checkpoints/ckpt-<step>.commit.json                           file names, sizes, CRC32C, metrics; written LAST
+    checkpoints/checkpoint                                        TF's state file, listing the kept checkpoints
+
+The commit object is created with create-if-absent (GCS generation precondition 0, or a hard link locally), so two
+trainers writing the same step cannot both commit it. Readers take the newest commit whose files verify.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tensorflow as tf
+
+from job.errors import UserError
+from job.rundir import RunDir
+from job.storage import AlreadyExistsError, LocalStorage, crc32c_of_file
+
+log = logging.getLogger(__name__)
+
+CKPT_DIR = "checkpoints"
+BEST_METRIC = "val_top1"
+_COMMIT_RE = re.compile(r"ckpt-(\d+)\.commit\.json")
+_DATA_RE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)")  # what tf.train.Checkpoint.write leaves
+_LEFTOVER_RE = re.compile(r"ckpt-(\d+)(\.|_temp/)(?!commit\.json$)")  # any file of a checkpoint but its commit
+
+
+@dataclass(frozen=True)
+class Committed:
+    step: int
+    prefix: str  # local TF checkpoint prefix, ready for tf.train.Checkpoint.read
+    metrics: dict = field(default_factory=dict)
+
+
+class _Damaged(Exception):
+    """A committed checkpoint whose files do not match its commit object."""
+
+
+def _name(step: int) -> str:
+    return f"ckpt-{step}"
+
+
+def _commit_path(step: int) -> str:
+    return f"{CKPT_DIR}/{_name(step)}.commit.json"
+
+
+class CheckpointStore:
+    def __init__(self, run: RunDir, keep: int = 3):
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.run = run
+        self.keep = keep
+        self.storage = run.storage  # the run URL (the run directory itself for local runs)
+        self.working = LocalStorage(run.local)  # the local working copy (== storage's folder for local runs)
+        self.dir = run.local / CKPT_DIR
+        self._writer = uuid.uuid4().hex  # makes this store's commit objects unique, so a conflict is visible
+        self._manifests: dict[int, dict] = {}  # step -> parsed commit object, for steps known committed
+        self._damaged: set[int] = set()  # committed steps latest()/best() found damaged; save() may replace them
+        self._saved: set[int] = set()  # steps this store has saved (committed or queued)
+
+    # ------------------------------------------------------------------------------------------------ writing
+
+    def save(self, ckpt: tf.train.Checkpoint, step: int, metrics: dict | None = None) -> str:
+        """Write checkpoint `step` locally (blocking) and commit it (in the background for remote runs). Returns the
+        local prefix. Raises UserError if another trainer committed a checkpoint of this run meanwhile."""
+        self.run.raise_if_failed()
+        if step in self._saved:  # e.g. a final save right after a periodic one: the state is the same
+            log.debug("checkpoint %s already saved", _name(step))
+            return str(self.dir / _name(step))
+        if not self.run.is_remote:
+            self._check_not_committed_by_other(step, ours=None)  # before writing over another writer's files
+        prefix = ckpt.write(str(self.dir / _name(step)))
+        self._saved.add(step)
+        metrics = {k: _plain(v) for k, v in (metrics or {}).items()}
+        commit = {}  # built on first run of the task; a retried task reuses the same bytes
+
+        def commit_task() -> None:
+            if not commit:
+                commit["data"] = self._commit_object(step, metrics)
+            self._commit(step, commit["data"])
+
+        self.run.submit(commit_task, what=f"checkpoint {_name(step)}")
+        return prefix
+
+    def _commit_object(self, step: int, metrics: dict) -> bytes:
+        files = []
+        for path in sorted(self.dir.glob(f"{_name(step)}.*")):
+            if _DATA_RE.fullmatch(path.name):
+                files.append({"name": path.name, "size": path.stat().st_size, "crc32c": crc32c_of_file(path)})
+        if not any(f["name"].endswith(".index") for f in files):
+            raise UserError(f"checkpoint {self.dir / _name(step)} vanished from the working copy before it was "
+                            f"committed; something else deletes files in {self.run.local}")
+        return json.dumps({"format": 1, "step": step, "prefix": _name(step), "files": files, "metrics": metrics,
+                           "writer": self._writer, "time": time.time()}, indent=1).encode()
+
+    def _check_not_committed_by_other(self, step: int, ours: bytes | None) -> bool:
+        """True if `ours` is already committed (a retried task); raises UserError if someone else committed."""
+        if step in self._damaged:  # its files are about to be replaced; only its commit object must go
+            self._forget_damaged(step)
+            return False
+        try:
+            existing = self.storage.read_bytes(_commit_path(step))
+        except FileNotFoundError:
+            return False
+        if ours is not None and existing == ours:
+            return True
+        raise self._conflict(step)
+
+    def _conflict(self, step: int) -> UserError:
+        return UserError(f"another trainer is writing to {self.run.url}: it committed checkpoint {_name(step)} "
+                         f"first; stop the other trainer or give this run its own run.dir")
+
+    def _commit(self, step: int, data: bytes) -> None:
+        if self.run.is_remote:
+            if not self._check_not_committed_by_other(step, ours=data):
+                for f in json.loads(data)["files"]:
+                    if not (self.dir / f["name"]).is_file():
+                        log.error("not committing checkpoint %s: its file %s vanished from the working copy %s",
+                                  _name(step), f["name"], self.run.local)
+                        return
+                    self.storage.put_file(self.dir / f["name"], f"{CKPT_DIR}/{f['name']}")
+                try:
+                    self.storage.write_bytes(_commit_path(step), data, if_absent=True)
+                except AlreadyExistsError:
+                    raise self._conflict(step) from None
+            self.working.write_bytes(_commit_path(step), data)  # the working copy mirrors the stored layout
+        else:
+            try:
+                self.storage.write_bytes(_commit_path(step), data, if_absent=True)
+            except AlreadyExistsError:
+                raise self._conflict(step) from None
+        self._manifests[step] = json.loads(data)
+        self._after_commit(step)
+
+    def _after_commit(self, step: int) -> None:
+        """Point TF's state file at the kept checkpoints, then prune the rest (commit object first)."""
+        committed = set(self._committed_steps()) - self._damaged
+        kept = sorted(committed)[-self.keep:]
+        best = self._best_step(committed)
+        if best is not None and best not in kept:
+            kept = sorted(kept + [best])
+        self._write_state_file(kept)
+        for old in sorted(committed - set(kept)):
+            self._remove(old, why=f"keeping the newest {self.keep} and the best")
+        for bad in sorted(self._damaged):
+            self._forget_damaged(bad)
+        # Files of checkpoints that never got committed (a trainer killed mid-upload) and are older than this one.
+        names = self.storage.list(f"{CKPT_DIR}/ckpt-")
+        if self.run.is_remote:
+            names += self.working.list(f"{CKPT_DIR}/ckpt-")
+        for relpath in sorted(set(names)):
+            match = _LEFTOVER_RE.match(relpath[len(CKPT_DIR) + 1:])
+            if match and int(match.group(1)) < step and int(match.group(1)) not in committed:
+                self.storage.delete(relpath)
+                self.working.delete(relpath)
+
+    def _write_state_file(self, kept: list[int]) -> None:
+        lines = [f'model_checkpoint_path: "{_name(kept[-1])}"']
+        lines += [f'all_model_checkpoint_paths: "{_name(s)}"' for s in kept]
+        text = ("\n".join(lines) + "\n").encode()
+        self.working.write_bytes(f"{CKPT_DIR}/checkpoint", text)
+        if self.run.is_remote:
+            self.storage.write_bytes(f"{CKPT_DIR}/checkpoint", text)
+
+    def _forget_damaged(self, step: int) -> None:
+        """Uncommit a checkpoint latest()/best() found damaged, so this run can write that step again. Its files stay
+        until they are overwritten or cleaned up as uncommitted ones (a queued save may own local ones already)."""
+        log.info("uncommitting damaged checkpoint %s/%s/%s", self.run.url, CKPT_DIR, _name(step))
+        self.storage.delete(_commit_path(step))
+        if self.run.is_remote:
+            self.working.delete(_commit_path(step))
+        self._manifests.pop(step, None)
+        self._damaged.discard(step)
+
+    def _remove(self, step: int, why: str) -> None:
+        log.info("removing checkpoint %s/%s/%s: %s", self.run.url, CKPT_DIR, _name(step), why)
+        for storage in (self.storage, self.working) if self.run.is_remote else (self.storage,):
+            storage.delete(_commit_path(step))  # uncommitted first, so no reader picks it up half-deleted
+            for relpath in storage.list(f"{CKPT_DIR}/{_name(step)}."):
+                storage.delete(relpath)
+        self._manifests.pop(step, None)
+
+    # ------------------------------------------------------------------------------------------------ reading
+
+    def _committed_steps(self) -> list[int]:
+        steps = []
+        for relpath in self.storage.list(f"{CKPT_DIR}/ckpt-"):
+            match = _COMMIT_RE.fullmatch(relpath.rsplit("/", 1)[-1])
+            if match:
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def _manifest(self, step: int) -> dict | None:
+        """The commit object of `step`; None if it vanished (pruned meanwhile). Raises _Damaged if unreadable."""
+        if step not in self._manifests:
+            try:
+                data = self.storage.read_bytes(_commit_path(step))
+            except FileNotFoundError:
+                return None
+            try:
+                manifest = json.loads(data)
+                assert manifest["step"] == step and manifest["files"]
+                for f in manifest["files"]:
+                    assert isinstance(f["name"], str) and "/" not in f["name"]
+                    assert isinstance(f["size"], int) and isinstance(f["crc32c"], int)
+            except (ValueError, KeyError, TypeError, AssertionError):
+                raise _Damaged("its commit object is not valid JSON of the expected form") from None
+            self._manifests[step] = manifest
+        return self._manifests[step]
+
+    def _best_step(self, steps) -> int | None:
+        scored = []
+        for step in steps:
+            try:
+                manifest = self._manifest(step)
+            except _Damaged:
+                continue
+            value = (manifest or {}).get("metrics", {}).get(BEST_METRIC)
+            if isinstance(value, (int, float)):
+                scored.append((value, step))
+        return max(scored)[1] if scored else None
+
+    def _verify(self, step: int) -> Committed | None:
+        """The checkpoint as a local prefix once its files match the commit object (downloaded if need be)."""
+        manifest = self._manifest(step)
+        if manifest is None:
+            return None
+        for f in manifest["files"]:
+            local = self.dir / f["name"]
+            problem = _mismatch(local, f)
+            if problem and self.run.is_remote:
+                for _ in range(2):  # a second download rules out a one-off transfer problem
+                    try:
+                        self.storage.get_file(f"{CKPT_DIR}/{f['name']}", local)
+                    except FileNotFoundError:
+                        if self.storage.exists(_commit_path(step)):
+                            raise _Damaged(f"its file {f['name']} is missing") from None
+                        return None  # pruned while we read it
+                    problem = _mismatch(local, f)
+                    if not problem:
+                        break
+            if problem:
+                raise _Damaged(f"{f['name']}: {problem}")
+        return Committed(step=step, prefix=str(self.dir / _name(step)), metrics=dict(manifest["metrics"]))
+
+    def _first_usable(self, steps: list[int], what: str) -> Committed | None:
+        damaged = []
+        for step in steps:
+            try:
+                found = self._verify(step)
+            except _Damaged as e:
+                damaged.append((step, str(e)))
+                self._damaged.add(step)
+                continue
+            if found is not None:
+                for bad, reason in damaged:
+                    log.warning("checkpoint %s/%s/%s is damaged (%s); using %s instead",
+                                self.run.url, CKPT_DIR, _name(bad), reason, _name(found.step))
+                return found
+        for bad, reason in damaged:
+            log.warning("checkpoint %s/%s/%s is damaged (%s) and no older %s checkpoint verifies",
+                        self.run.url, CKPT_DIR, _name(bad), reason, what)
+        return None
+
+    def latest(self) -> Committed | None:
+        """The newest committed checkpoint whose files verify (remote runs: downloaded into the working copy)."""
+        return self._first_usable(sorted(self._committed_steps(), reverse=True), "committed")
+
+    def best(self) -> Committed | None:
+        """The committed checkpoint with the highest metrics['val_top1'] among those that verify."""
+        scored = []
+        for step in self._committed_steps():
+            try:
+                value = (self._manifest(step) or {}).get("metrics", {}).get(BEST_METRIC)
+            except _Damaged:
+                continue
+            if isinstance(value, (int, float)):
+                scored.append((value, step))
+        return self._first_usable([step for _, step in sorted(scored, reverse=True)], "scored")
+
+    def restore(self, ckpt: tf.train.Checkpoint, committed: Committed) -> None:
+        status = ckpt.read(committed.prefix)
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as e:
+            raise UserError(f"checkpoint {committed.prefix} does not match what is being restored (was the model "
+                            f"or optimizer config changed?): {str(e).splitlines()[0][:200]}") from None
+        status.expect_partial()  # values of objects not built yet (e.g. optimizer slots) are restored when they are
+
+
+def _mismatch(path: Path, expected: dict) -> str:
+    """Why a local file does not match its commit-object entry ("" if it does)."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != expected["size"]:
+        return f"size {size} != committed {expected['size']}"
+    crc = crc32c_of_file(path)
+    if crc != expected["crc32c"]:
+        return f"CRC32C {crc:08x} != committed {expected['crc32c']:08x}"
+    return ""
+
+
+def _plain(value):
+    """Metrics as JSON numbers (tensors and numpy scalars included)."""
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if hasattr(value, "item"):
+        value = value.item()
+    return value

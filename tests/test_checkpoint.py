@@ -1,0 +1,287 @@
+"""CheckpointStore: the commit protocol on a local run dir and on gs:// (a real fake-gcs-server), real TF checkpoints."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import logging
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ckpt_kill_writer import make_checkpoint, set_state
+from job.checkpoint import CheckpointStore
+from job.errors import UserError
+from job.rundir import RunDir
+from job.storage import open_storage
+
+try:
+    from gcs_server import gcs_bucket, gcs_server  # noqa: F401  (fixtures)
+except ImportError:
+    from tests.gcs_server import gcs_bucket, gcs_server  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = "data-00000-of-00001"
+
+
+@pytest.fixture(params=["local", "gcs"])
+def run_url(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "run")
+    return request.getfixturevalue("gcs_bucket") + "/run"
+
+
+@pytest.fixture
+def open_run(tmp_path):
+    """RunDir.open with a fresh, empty working copy each call (what a restarted pod has)."""
+    opened = []
+
+    def _open(url: str) -> RunDir:
+        run = RunDir.open(url, work_dir=str(tmp_path / f"work{len(opened)}"), flush_seconds=0.2, retry_seconds=20)
+        opened.append(run)
+        return run
+
+    yield _open
+    for run in opened:
+        try:
+            run.close(timeout=5)
+        except UserError:
+            pass  # the test looked at what it wanted already
+
+
+def assert_holds(ckpt: tf.train.Checkpoint, step: int, fill: float | None = None) -> None:
+    assert int(ckpt.step.numpy()) == step
+    np.testing.assert_array_equal(ckpt.weights.numpy(), np.full(ckpt.weights.shape, step if fill is None else fill))
+
+
+def committed_steps(url: str) -> list[int]:
+    names = open_storage(url).list("checkpoints/")
+    return sorted(int(n.split("-")[1].split(".")[0]) for n in names if n.endswith(".commit.json"))
+
+
+def save_steps(store: CheckpointStore, steps, top1=lambda step: step / 100) -> None:
+    ckpt = make_checkpoint()
+    for step in steps:
+        set_state(ckpt, step)
+        store.save(ckpt, step, {"val_top1": top1(step), "loss": np.float32(1.5)})
+
+
+def test_save_latest_restore(run_url, open_run):
+    run = open_run(run_url)
+    store = CheckpointStore(run)
+    assert store.latest() is None and store.best() is None
+    ckpt = make_checkpoint()
+    for step in (10, 20):
+        set_state(ckpt, step)
+        prefix = store.save(ckpt, step, {"val_top1": step / 100})
+    assert prefix == str(run.local / "checkpoints" / "ckpt-20")
+    run.close(timeout=60)
+
+    resumed = open_run(run_url)  # for gs://: an empty working copy, everything comes from the bucket
+    found = CheckpointStore(resumed).latest()
+    assert found.step == 20 and found.metrics == {"val_top1": 0.2}
+    assert Path(found.prefix).parent == resumed.local / "checkpoints"
+    restored = make_checkpoint()
+    CheckpointStore(resumed).restore(restored, found)
+    assert_holds(restored, 20)
+
+    # The stored layout is a plain TF checkpoint directory.
+    assert resumed.fetch("checkpoints")
+    assert tf.train.latest_checkpoint(str(resumed.local / "checkpoints")) == found.prefix
+
+
+def test_restore_into_a_different_model_is_a_user_error(tmp_path):
+    run = RunDir.open(str(tmp_path / "run"))
+    store = CheckpointStore(run)
+    save_steps(store, [1])
+    other = tf.train.Checkpoint(head=tf.Variable(tf.zeros([3])))
+    with pytest.raises(UserError, match="does not match"):
+        store.restore(other, store.latest())
+
+
+def test_keeps_the_newest_and_the_best(run_url, open_run):
+    run = open_run(run_url)
+    store = CheckpointStore(run, keep=2)
+    save_steps(store, range(1, 7), top1=lambda step: 0.9 if step == 2 else step / 100)
+    run.close(timeout=60)
+
+    assert committed_steps(run_url) == [2, 5, 6]
+    stored = open_storage(run_url).list("checkpoints/")
+    assert not [n for n in stored if n.startswith(("checkpoints/ckpt-1.", "checkpoints/ckpt-3.", "checkpoints/ckpt-4."))]
+    assert sorted(p.name for p in (run.local / "checkpoints").glob("ckpt-*.index")) == \
+        ["ckpt-2.index", "ckpt-5.index", "ckpt-6.index"]  # the working copy is pruned too
+
+    reader = CheckpointStore(open_run(run_url))
+    assert reader.best().step == 2 and reader.latest().step == 6
+    assert reader.run.fetch("checkpoints")  # TF's state file lists exactly the kept checkpoints
+    state = tf.train.get_checkpoint_state(str(reader.run.local / "checkpoints"))
+    assert [Path(p).name for p in state.all_model_checkpoint_paths] == ["ckpt-2", "ckpt-5", "ckpt-6"]
+    assert Path(state.model_checkpoint_path).name == "ckpt-6"
+
+
+@pytest.mark.parametrize("damage", ["data", "commit"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(run_url, open_run, caplog, damage):
+    run = open_run(run_url)
+    save_steps(CheckpointStore(run), [1, 2])
+    run.close(timeout=60)
+
+    stored = open_storage(run_url)
+    if damage == "data":  # same size, one byte flipped: only the checksum can tell
+        data = bytearray(stored.read_bytes(f"checkpoints/ckpt-2.{DATA}"))
+        data[len(data) // 2] ^= 0xFF
+        stored.write_bytes(f"checkpoints/ckpt-2.{DATA}", bytes(data))
+    else:
+        stored.write_bytes("checkpoints/ckpt-2.commit.json", b'{"step": 2, "fil')
+
+    resumed = open_run(run_url)
+    store = CheckpointStore(resumed)
+    with caplog.at_level(logging.WARNING, logger="job.checkpoint"):
+        found = store.latest()
+    assert found.step == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ckpt-2" in w and "damaged" in w and "using ckpt-1" in w for w in warnings), warnings
+    restored = make_checkpoint()
+    store.restore(restored, found)
+    assert_holds(restored, 1)
+
+    # The resumed trainer reaches step 2 again: it replaces the damaged checkpoint instead of reporting a conflict.
+    set_state(restored, 2)
+    store.save(restored, 2, {"val_top1": 0.5})
+    resumed.close(timeout=60)
+    again = CheckpointStore(open_run(run_url))
+    found = again.latest()
+    assert found.step == 2
+    restored = make_checkpoint()
+    again.restore(restored, found)
+    assert_holds(restored, 2)
+
+
+def test_an_uncommitted_checkpoint_is_ignored_and_cleaned_up_later(run_url, open_run):
+    run = open_run(run_url)
+    store = CheckpointStore(run)
+    save_steps(store, [1])
+    run.close(timeout=60)
+    stored = open_storage(run_url)
+    for suffix in ("index", DATA):  # a trainer killed after uploading ckpt-2's files, before its commit object
+        stored.write_bytes(f"checkpoints/ckpt-2.{suffix}", stored.read_bytes(f"checkpoints/ckpt-1.{suffix}"))
+
+    resumed = open_run(run_url)
+    store = CheckpointStore(resumed)
+    assert store.latest().step == 1
+    save_steps(store, [3])
+    resumed.close(timeout=60)
+    assert committed_steps(run_url) == [1, 3]
+    assert not [n for n in stored.list("checkpoints/") if n.startswith("checkpoints/ckpt-2.")]
+
+
+def test_same_step_from_two_local_trainers(tmp_path):
+    first = CheckpointStore(RunDir.open(str(tmp_path / "run")))
+    second = CheckpointStore(RunDir.open(str(tmp_path / "run")))
+    save_steps(first, [5])
+    ckpt = make_checkpoint()
+    set_state(ckpt, 5)
+    ckpt.weights.assign(tf.fill(ckpt.weights.shape, -1.0))
+    with pytest.raises(UserError, match="another trainer is writing to"):
+        second.save(ckpt, 5)
+    restored = make_checkpoint()
+    first.restore(restored, first.latest())
+    assert_holds(restored, 5)  # the loser did not write over the winner's files
+
+
+def test_same_step_from_two_gcs_trainers_is_reported_at_the_next_save(gcs_bucket, open_run):
+    url = gcs_bucket + "/run"
+    first_run, second_run = open_run(url), open_run(url)
+    first, second = CheckpointStore(first_run), CheckpointStore(second_run)
+    save_steps(first, [5])
+    assert first_run.flush(timeout=60)
+
+    ckpt = make_checkpoint()
+    set_state(ckpt, 5)
+    ckpt.weights.assign(tf.fill(ckpt.weights.shape, -1.0))
+    second.save(ckpt, 5)  # the commit happens in the background
+    second_run.flush(timeout=60)
+    with pytest.raises(UserError, match=f"another trainer is writing to {url}"):
+        second.save(ckpt, 6)
+    with pytest.raises(UserError, match="another trainer"):
+        second_run.close(timeout=10)
+    first_run.close(timeout=60)
+
+    reader = CheckpointStore(open_run(url))
+    restored = make_checkpoint()
+    reader.restore(restored, reader.latest())
+    assert_holds(restored, 5)
+
+
+def test_concurrent_commits_of_one_step_let_exactly_one_win(gcs_bucket, open_run):
+    url = gcs_bucket + "/run"
+    runs = [open_run(url), open_run(url)]
+    for run in runs:
+        save_steps(CheckpointStore(run), [7])
+    outcomes = []
+    for run in runs:
+        try:
+            run.close(timeout=60)
+            outcomes.append("committed")
+        except UserError as e:
+            assert "another trainer is writing to" in str(e)
+            outcomes.append("refused")
+    assert sorted(outcomes) == ["committed", "refused"]
+    assert committed_steps(url) == [7]
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_bucket, tmp_path, caplog):
+    """A writer saving to gs:// in a loop is SIGKILLed at seeded random moments; after each kill a fresh store (empty
+    working copy) must find a checkpoint that verifies and restores consistently, and never lose committed progress."""
+    url = gcs_bucket + "/killed"
+    trials = 20
+    rng = random.Random(20240601)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **gcs_server.env()}
+
+    def spawn(i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(Path(__file__).with_name("ckpt_kill_writer.py")), url,
+                                 str(tmp_path / f"writer{i}"), str(i)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+
+    # Two writers import TensorFlow ahead of their turn; only one ever gets the "go".
+    waiting = [spawn(0), spawn(1)]
+    spawned = list(waiting)
+    last_step, resumed_steps = 0, []
+    try:
+        for trial in range(trials):
+            writer = waiting.pop(0)
+            assert writer.stdout.readline().strip() == "ready"
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            time.sleep(rng.uniform(0.0, 2.5))
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.wait()
+            if trial + 2 < trials:
+                waiting.append(spawn(trial + 2))
+                spawned.append(waiting[-1])
+
+            run = RunDir.open(url, work_dir=str(tmp_path / f"reader{trial}"), retry_seconds=20)
+            store = CheckpointStore(run)
+            with caplog.at_level(logging.WARNING, logger="job.checkpoint"):
+                found = store.latest()
+            if found is not None:
+                restored = make_checkpoint()
+                store.restore(restored, found)
+                assert_holds(restored, found.step)
+                assert found.step >= last_step, "a committed checkpoint was lost"
+                last_step = found.step
+            resumed_steps.append(last_step)
+            run.close(timeout=10)
+    finally:
+        for proc in spawned:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert last_step > 0, f"no checkpoint was ever committed: {resumed_steps}"
+    assert not [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]

@@ -1,0 +1,242 @@
+"""Storage (local and gs:// against a real fake-gcs-server) and RunDir's background mirror."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from google.api_core.exceptions import RetryError
+
+from job.errors import UserError
+from job.rundir import RunDir
+from job.storage import AlreadyExistsError, open_storage
+
+try:
+    from gcs_server import gcs_bucket, gcs_outage_server, gcs_server  # noqa: F401  (fixtures)
+except ImportError:
+    from tests.gcs_server import gcs_bucket, gcs_outage_server, gcs_server  # noqa: F401
+
+
+@pytest.fixture(params=["local", "gcs"])
+def storage_url(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("gcs_bucket") + "/some/prefix"
+
+
+def wait_for(condition, what: str, timeout: float = 30.0):
+    """Poll until condition() is truthy (not a timing assertion: the deadline only keeps a broken test from hanging)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------- Storage
+
+def test_round_trip(storage_url, tmp_path):
+    storage = open_storage(storage_url)
+    assert storage.is_remote == storage_url.startswith("gs://")
+    assert not storage.exists("a/b.txt")
+    assert storage.list() == []
+
+    storage.write_bytes("a/b.txt", b"hello")
+    storage.write_bytes("a/b.txt", b"hello again")  # overwrite
+    assert storage.read_bytes("a/b.txt") == b"hello again"
+    assert storage.exists("a/b.txt")
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(300_000))
+    storage.put_file(source, "a/c/blob.bin")
+    storage.get_file("a/c/blob.bin", tmp_path / "out" / "copy.bin")
+    assert (tmp_path / "out" / "copy.bin").read_bytes() == source.read_bytes()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["copy.bin"]  # no temp file left behind
+
+    assert storage.list() == ["a/b.txt", "a/c/blob.bin"]
+    assert storage.list("a/c") == ["a/c/blob.bin"]
+    assert storage.list("a/b") == ["a/b.txt"]
+
+    storage.delete("a/b.txt")
+    storage.delete("a/b.txt")  # absent is fine
+    assert not storage.exists("a/b.txt")
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes("a/b.txt")
+    with pytest.raises(FileNotFoundError):
+        storage.get_file("a/b.txt", tmp_path / "missing.txt")
+    assert not (tmp_path / "missing.txt").exists()
+
+
+def test_write_if_absent_conflict(storage_url):
+    storage = open_storage(storage_url)
+    storage.write_bytes("commit.json", b"first", if_absent=True)
+    with pytest.raises(AlreadyExistsError):
+        storage.write_bytes("commit.json", b"second", if_absent=True)
+    assert storage.read_bytes("commit.json") == b"first"
+    assert storage.list() == ["commit.json"]  # the losing write left no temp file
+
+
+def test_preflight_passes_on_a_usable_location(storage_url):
+    storage = open_storage(storage_url)
+    storage.preflight()
+    assert storage.list() == []  # its probe object is gone again
+
+
+def test_preflight_on_missing_bucket_is_one_line_user_error(gcs_bucket):
+    url = "gs://no-such-bucket-here/run"
+    with pytest.raises(UserError) as caught:
+        open_storage(url).preflight()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert url in message and "does not exist" in message
+
+
+def test_preflight_on_unwritable_local_dir(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="a_file/run"):
+        open_storage(str(tmp_path / "a_file" / "run")).preflight()
+
+
+def test_bad_urls_are_user_errors():
+    with pytest.raises(UserError, match="unsupported"):
+        open_storage("s3://bucket/x")
+    with pytest.raises(UserError, match="bad GCS URL"):
+        open_storage("gs://")
+
+
+def test_retries_survive_a_server_restart_on_the_same_port(gcs_outage_server):
+    server = gcs_outage_server
+    bucket = server.create_bucket()
+    storage = open_storage(f"gs://{bucket}/run", retry_seconds=60)
+    storage.write_bytes("before.txt", b"1")
+    port = server.port
+
+    server.stop()
+    outcome = {}
+
+    def write_during_outage():
+        try:
+            storage.write_bytes("during.txt", b"written across an outage")
+            outcome["read"] = storage.read_bytes("during.txt")
+        except Exception as e:  # reported below
+            outcome["error"] = e
+
+    writer = threading.Thread(target=write_during_outage)
+    writer.start()
+    time.sleep(1.0)  # let the first attempts hit the closed port
+    server.restart()
+    writer.join(timeout=90)
+    assert server.port == port
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["read"] == b"written across an outage"
+
+
+def test_calls_raise_once_the_retry_budget_is_spent(gcs_outage_server):
+    storage = open_storage(f"gs://{gcs_outage_server.create_bucket()}/run", retry_seconds=1.0)
+    gcs_outage_server.stop()
+    with pytest.raises(RetryError):
+        storage.write_bytes("x.txt", b"x")
+
+
+# ---------------------------------------------------------------------------------------------------------- RunDir
+
+def test_local_rundir_is_the_run_dir(tmp_path):
+    run = RunDir.open(str(tmp_path / "run"))
+    assert not run.is_remote and run.local == tmp_path / "run" and run.local.is_dir()
+    (run.local / "eval.json").write_text("{}")
+    run.publish("eval.json")
+    run.watch("logs")
+    assert run.fetch("eval.json") and not run.fetch("nothing.json")
+    run.close(timeout=1)
+
+
+def test_open_on_missing_bucket_fails_before_training(gcs_bucket, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        RunDir.open("gs://no-such-bucket-here/run", work_dir=str(tmp_path))
+
+
+def test_published_files_appear_in_the_bucket(gcs_bucket, tmp_path):
+    url = gcs_bucket + "/run"
+    run = RunDir.open(url, work_dir=str(tmp_path / "work"))
+    assert run.is_remote and run.local == tmp_path / "work"
+    (run.local / "eval.json").write_text('{"top1": 0.5}')
+    (run.local / "export" / "variables").mkdir(parents=True)
+    (run.local / "export" / "saved_model.pb").write_bytes(b"pb")
+    (run.local / "export" / "variables" / "v.data").write_bytes(os.urandom(50_000))
+    run.publish("eval.json")
+    run.publish("export")
+    run.close(timeout=60)
+
+    stored = open_storage(url)
+    assert stored.list() == ["eval.json", "export/saved_model.pb", "export/variables/v.data"]
+    assert stored.read_bytes("export/variables/v.data") == (run.local / "export/variables/v.data").read_bytes()
+
+
+def test_fetch_copies_from_the_run_url(gcs_bucket, tmp_path):
+    url = gcs_bucket + "/run"
+    stored = open_storage(url)
+    stored.write_bytes("eval.json", b"{}")
+    stored.write_bytes("export/saved_model.pb", b"pb")
+    stored.write_bytes("export/variables/v.data", b"data")
+    run = RunDir.open(url, work_dir=str(tmp_path / "fresh"))
+    assert run.fetch("eval.json")
+    assert run.fetch("export")
+    assert not run.fetch("missing.json")
+    assert (run.local / "eval.json").read_bytes() == b"{}"
+    assert (run.local / "export" / "variables" / "v.data").read_bytes() == b"data"
+    run.close(timeout=10)
+
+
+def test_watch_reuploads_a_growing_file(gcs_bucket, tmp_path):
+    url = gcs_bucket + "/run"
+    stored = open_storage(url)
+    run = RunDir.open(url, work_dir=str(tmp_path / "work"), flush_seconds=0.2)
+    events = run.local / "logs" / "train" / "events.out"
+    events.parent.mkdir(parents=True)
+    events.write_bytes(b"first record;")
+    run.watch("logs")
+
+    def stored_events():
+        return stored.exists("logs/train/events.out") and stored.read_bytes("logs/train/events.out")
+
+    assert wait_for(stored_events, "the first upload") == b"first record;"
+    with open(events, "ab") as f:
+        f.write(b"second record;")
+    wait_for(lambda: stored_events() == b"first record;second record;", "the re-upload of the grown file")
+
+    with open(events, "ab") as f:
+        f.write(b"last record;")
+    run.close(timeout=60)  # close flushes watched files without waiting for the next period
+    assert stored_events() == b"first record;second record;last record;"
+
+
+def test_uploads_wait_out_an_outage_longer_than_the_retry_budget(gcs_outage_server, tmp_path):
+    server = gcs_outage_server
+    url = f"gs://{server.create_bucket()}/run"
+    run = RunDir.open(url, work_dir=str(tmp_path / "work"), retry_seconds=0.5)
+    server.stop()
+    (run.local / "eval.json").write_text("{}")
+    run.publish("eval.json")  # returns at once although the bucket is unreachable
+    wait_for(lambda: run.pending() == ["eval.json"], "the upload to be queued")
+    time.sleep(1.5)  # several storage-level retry budgets pass; the upload must stay queued
+    assert run.pending() == ["eval.json"]
+    server.restart()
+    run.close(timeout=60)
+    assert open_storage(url).read_bytes("eval.json") == b"{}"
+
+
+def test_close_with_the_server_down_past_the_timeout_names_what_was_not_stored(gcs_outage_server, tmp_path):
+    server = gcs_outage_server
+    run = RunDir.open(f"gs://{server.create_bucket()}/run", work_dir=str(tmp_path / "work"), retry_seconds=0.5)
+    server.stop()
+    (run.local / "final_eval.json").write_text("{}")
+    run.publish("final_eval.json")
+    with pytest.raises(UserError) as caught:
+        run.close(timeout=2)
+    message = str(caught.value)
+    assert "final_eval.json" in message and run.url in message and str(run.local) in message
+    assert "\n" not in message

@@ -1,0 +1,67 @@
+"""End to end: the real trainer as a process, killed and restarted as a preempted pod would be."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer_runs import committed_steps, kill_hard, run_job, start_job, wait_for
+
+pytestmark = pytest.mark.slow
+
+# simple_cnn with dropout on digits: small and fast, yet it has every kind of state a resume must restore
+# (weights, momentum slots, dropout RNG, LR schedule position, data order and augmentation).
+TINY = ["--config", "digits_resnet20", "model.name=simple_cnn", "model.dropout=0.25", "train.epochs=2",
+        "train.batch_size=32", "train.deterministic=true", "checkpoint.every_steps=5", "optim.warmup_epochs=0.5"]
+
+
+def final_variables(run_dir):
+    step = committed_steps(run_dir)[-1]
+    prefix = str(run_dir / "checkpoints" / f"ckpt-{step}")
+    names = [n for n, _ in tf.train.list_variables(prefix) if n.startswith(("model/", "optimizer/"))]
+    assert len(names) > 10
+    return step, {n: tf.train.load_variable(prefix, n) for n in names}
+
+
+def test_kill_minus_nine_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    done = run_job("train", *TINY, f"run.dir={straight}")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    log = tmp_path / "first.log"
+    process = start_job("train", *TINY, f"run.dir={resumed}", log_path=log)
+    wait_for(lambda: committed_steps(resumed), timeout=300, process=process, what="the first checkpoint")
+    kill_hard(process)  # mid-epoch: an epoch here has ~40 steps and checkpoints come every 5
+    killed_at = committed_steps(resumed)[-1]
+    assert killed_at % 40 != 0, "the kill should land inside an epoch"
+
+    again = run_job("train", *TINY, f"run.dir={resumed}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from step {killed_at}" in again.stderr
+
+    step_a, weights_a = final_variables(straight)
+    step_b, weights_b = final_variables(resumed)
+    assert step_a == step_b
+    assert weights_a.keys() == weights_b.keys()
+    # Deterministic ops on a CPU: the resumed run repeats the same arithmetic, so the tolerance is float32 rounding.
+    for name in weights_a:
+        np.testing.assert_allclose(weights_b[name], weights_a[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_digits_preset_trains_to_97_percent_and_prints_the_evaluation(tmp_path):
+    """The offline demo on real data nobody here made (scikit-learn's digits)."""
+    result = run_job("train", "--config", "digits_resnet20", f"run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "top-1 accuracy" in result.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["top1"] >= 0.97, metrics["top1"]
+    assert metrics["examples"] == 360
+    assert (tmp_path / "eval" / "report.txt").read_text().count("\n") > 12
+    assert (tmp_path / "export" / "model.keras").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+    assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+
+    # Evaluating again from the CLI reproduces the stored numbers from the committed checkpoint.
+    again = run_job("evaluate", "--run-dir", str(tmp_path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["top1"] == pytest.approx(metrics["top1"])

@@ -1,0 +1,57 @@
+"""Helpers for tests that run the real trainer as a separate process, as users do."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def trainer_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT),
+               JOB_PROGRESS="log")
+    env.update(extra)
+    return env
+
+
+def job_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "job", *args]
+
+
+def run_job(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(job_command(*args), cwd=ROOT, env=env or trainer_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_job(*args: str, env: dict | None = None, log_path: Path | None = None) -> subprocess.Popen:
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(job_command(*args), cwd=ROOT, env=env or trainer_env(), stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def committed_steps(run_dir: Path) -> list[int]:
+    """Steps with a commit object in a local run directory: what a resume may use."""
+    steps = []
+    for path in (run_dir / "checkpoints").glob("ckpt-*.commit.json"):
+        steps.append(int(path.name.split("-")[1].split(".")[0]))
+    return sorted(steps)
+
+
+def wait_for(predicate, timeout: float, process: subprocess.Popen | None = None, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the trainer exited with {process.returncode} before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def kill_hard(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
