@@ -295,6 +295,7 @@ class CheckpointStore:
             raise UserError(f"checkpoint {committed.prefix} does not match what is being restored (was the model "
                             f"or optimizer config changed?): {str(e).splitlines()[0][:200]}") from None
         status.expect_partial()  # values of objects not built yet (e.g. optimizer slots) are restored when they are
+        self._saved.add(committed.step)  # saving this step again (e.g. preempted right after resuming) is a no-op
 
 
 def _mismatch(path: Path, expected: dict) -> str:

@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -229,8 +230,21 @@ class GCSStorage(Storage):
         self.retry_seconds = retry_seconds
         # The storage library's predicate (429, 5xx, connection errors, timeouts) and its full-jitter backoff.
         self._retry = DEFAULT_RETRY.with_delay(initial=0.25, maximum=8.0, multiplier=2.0).with_timeout(retry_seconds)
-        self.client, self.identity = _make_client()
-        self.bucket = self.client.bucket(self.bucket_name)
+        self._client_args, self.identity = _client_args()
+        self._per_thread = threading.local()
+
+    @property
+    def client(self):
+        """One client per thread: the upload thread and the training thread do not share HTTP sessions."""
+        from google.cloud import storage
+        client = getattr(self._per_thread, "client", None)
+        if client is None:
+            client = self._per_thread.client = storage.Client(**self._client_args)
+        return client
+
+    @property
+    def bucket(self):
+        return self.client.bucket(self.bucket_name)
 
     def _name(self, relpath: str) -> str:
         relpath = _clean_relpath(relpath)
@@ -337,29 +351,28 @@ class GCSStorage(Storage):
                             f"STORAGE_EMULATOR_HOST") from None
 
 
-def _make_client():
-    """(client, identity description) for the emulator or for Application Default Credentials."""
-    from google.cloud import storage
-
+def _client_args() -> tuple[dict, str]:
+    """(storage.Client keyword arguments, identity description) for the emulator or for Application Default
+    Credentials. Credentials are looked up once and shared by every thread's client."""
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
     if emulator:
         from google.auth.credentials import AnonymousCredentials
         if "://" not in emulator:
             emulator = f"http://{emulator}"
-        client = storage.Client(project="emulator", credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": emulator})
-        return client, f"anonymous client of STORAGE_EMULATOR_HOST={emulator}"
+        return (dict(project="emulator", credentials=AnonymousCredentials(), client_options={"api_endpoint": emulator}),
+                f"anonymous client of STORAGE_EMULATOR_HOST={emulator}")
 
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
     try:
         credentials, project = google.auth.default(
             scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
-    except DefaultCredentialsError:
-        raise UserError("no Google Cloud credentials found for gs:// storage: run `gcloud auth application-default "
-                        "login`, set GOOGLE_APPLICATION_CREDENTIALS, or give the pod a Workload Identity") from None
+    except DefaultCredentialsError as e:
+        raise UserError(f"no usable Google Cloud credentials for gs:// storage ({_first_line(e)}): run `gcloud auth "
+                        f"application-default login`, set GOOGLE_APPLICATION_CREDENTIALS to a key file, or give the "
+                        f"pod a Workload Identity") from None
     email = getattr(credentials, "service_account_email", None)
     if email == "default":  # metadata-server credentials before their first refresh
         email = "the node's default service account"
     identity = email or getattr(credentials, "account", None) or "the Application Default Credentials' identity"
-    return storage.Client(project=project, credentials=credentials), identity
+    return dict(project=project, credentials=credentials), identity

@@ -6,6 +6,7 @@ an epoch are pure functions of (seed, epoch, batch index), and model, optimizer 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import tempfile
 import time
@@ -30,6 +31,20 @@ from job.runfiles import build_full_model, export_model, prepare_run_config
 from job.runtime import configure
 
 log = logging.getLogger("job")
+
+
+def _process_start_time() -> float:
+    """Wall-clock time this process started (so start-up cost includes the imports), from /proc where it exists."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+PROCESS_START = _process_start_time()
 
 
 @dataclass
@@ -94,7 +109,8 @@ def train(cfg: Config) -> int:
             modellib.set_transfer_phase(model.get_layer("classifier"), 1, cfg.model.unfreeze_top)
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=state.step,
                                best_val_top1=state.best_val_top1,
-                               epochs_without_improvement=state.epochs_without_improvement)
+                               epochs_without_improvement=state.epochs_without_improvement,
+                               rng=random_state_variables(model))
     store = CheckpointStore(run, keep=cfg.checkpoint.keep)
 
     latest = store.latest()
@@ -121,7 +137,10 @@ def train(cfg: Config) -> int:
         nonlocal saved_step
         saved_step = int(state.step.numpy())
         if backend.is_chief:
+            started = time.perf_counter()
             store.save(ckpt, saved_step, metrics)
+            if writers:  # how long training waited for the save: the figure the benchmarks watch
+                writers.log_scalar("checkpoint_blocking_seconds", time.perf_counter() - started, saved_step)
         elif backend.num_workers > 1:
             # Collective-backed variables need every worker to take part in a save; other workers write to scratch.
             with tempfile.TemporaryDirectory() as scratch:
@@ -165,6 +184,12 @@ def train(cfg: Config) -> int:
     return EXIT_OK
 
 
+def random_state_variables(model: keras.Model) -> list[tf.Variable]:
+    """Keras layers' seed generators (dropout): not tracked by tf.train.Checkpoint through the model, yet a resumed
+    run must continue their random streams to end with the same weights."""
+    return [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
 def _check_same_step(backend: Backend, step: int) -> None:
     """Every worker must continue from the same checkpoint; a mismatch would silently train different models."""
     if backend.num_workers == 1:
@@ -184,6 +209,7 @@ class _Loop:
         self._step_fn = None
         self._phase = None
         self._images_logged = False
+        self._first_step_logged = False
 
     # --- the step ---------------------------------------------------------------------------------------------
     def _make_step_fn(self):
@@ -272,6 +298,10 @@ class _Loop:
                 self.writers.log_images(batch, int(self.state.step.numpy()))
                 self._images_logged = True
             self._step_fn(batch)
+            if self.writers and not self._first_step_logged:
+                self.writers.log_scalar("seconds_to_first_step", time.time() - PROCESS_START,
+                                        int(self.state.step.numpy()))
+                self._first_step_logged = True
             interval_steps += 1
             step = int(self.state.step.numpy())
             last_of_epoch = step % self.steps_per_epoch == 0
@@ -361,6 +391,10 @@ class _SummaryWriters:
             tf.summary.scalar("learning_rate", lr)
             tf.summary.scalar("images_per_second", stats["images_per_second"])
             tf.summary.scalar("step_seconds", stats["step_seconds"])
+
+    def log_scalar(self, name: str, value: float, step: int) -> None:
+        with self.train.as_default(step=step):
+            tf.summary.scalar(name, value)
 
     def log_validation(self, step: int, metrics: dict[str, float]) -> None:
         with self.val.as_default(step=step):

@@ -31,8 +31,11 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tests" / "dist_train.py"
 GLOBAL_BATCH = 8  # two workers x 4; dist_train.py has 32 examples, so 4 steps are one full epoch
 STEPS = 4
-COLLECTIVE_TIMEOUT = 15  # seconds, passed as distribute.collective_timeout_seconds
-# A survivor must be gone this long after its peer was killed (detection is the collective timeout at worst).
+# distribute.collective_timeout_seconds of the peer-loss runs; it also bounds start-up (Horovod's rendezvous), so the
+# runs that must succeed get a generous one: the 2 cores are shared and a worker may import TF much later.
+COLLECTIVE_TIMEOUT = 20
+RELAXED_TIMEOUT = 120
+# A survivor must be gone this long after its peer was lost (detection is the collective timeout at worst).
 PEER_LOSS_DEADLINE = COLLECTIVE_TIMEOUT + 60
 HOROVOD = importlib.util.find_spec("horovod") is not None
 needs_horovod = pytest.mark.skipif(not HOROVOD, reason="horovod is not installed; run docker/build-horovod.sh")
@@ -149,8 +152,10 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _train_args(backend: str, out: Path, steps: int = STEPS) -> list[str]:
+    """Train `steps` steps (0 = until a peer is lost, with the short collective timeout)."""
+    timeout = COLLECTIVE_TIMEOUT if steps == 0 else RELAXED_TIMEOUT
     return [sys.executable, str(SCRIPT), "--backend", backend, "--global-batch", str(GLOBAL_BATCH),
-            "--steps", str(steps), "--timeout", str(COLLECTIVE_TIMEOUT), "--out", str(out)]
+            "--steps", str(steps), "--timeout", str(timeout), "--out", str(out)]
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -225,18 +230,20 @@ def _wait_for_step(log: Path, step: int, proc: subprocess.Popen, timeout: float 
         time.sleep(0.2)
 
 
-def _kill_one_and_watch_the_other(procs: list[subprocess.Popen], logs: list[Path], how: signal.Signals) -> None:
-    """Stop worker 1 mid-training; worker 0 must exit with EXIT_PEER_LOST within PEER_LOSS_DEADLINE seconds."""
+def _lose_one_and_watch_the_other(procs: list[subprocess.Popen], logs: list[Path], victim: int,
+                                  how: signal.Signals) -> None:
+    """Send `how` to worker `victim` mid-training; the other must exit with EXIT_PEER_LOST within the deadline."""
+    survivor = 1 - victim
     try:
         for proc, log in zip(procs, logs):
-            _wait_for_step(log, 5, proc)
-        procs[1].send_signal(how)
+            _wait_for_step(log, 3, proc)
+        procs[victim].send_signal(how)
         try:
-            procs[0].wait(timeout=PEER_LOSS_DEADLINE)
+            procs[survivor].wait(timeout=PEER_LOSS_DEADLINE)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"worker 0 still running {PEER_LOSS_DEADLINE} s after worker 1 got {how.name}")
-        assert procs[0].returncode == EXIT_PEER_LOST, logs[0].read_text()[-3000:]
-        assert "peer lost" in logs[0].read_text()
+            pytest.fail(f"worker {survivor} still running {PEER_LOSS_DEADLINE} s after worker {victim} got {how.name}")
+        assert procs[survivor].returncode == EXIT_PEER_LOST, logs[survivor].read_text()[-3000:]
+        assert "peer lost" in logs[survivor].read_text()
     finally:
         for p in procs:
             if p.poll() is None:
@@ -254,14 +261,15 @@ def test_multiworker_two_processes_match_single_process(tmp_path, single_process
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
-def test_multiworker_survivor_exits_when_peer_is_lost(tmp_path, how):
-    # SIGKILL closes the peer's sockets (fails at once); SIGSTOP leaves them open, so only the timeout can end it.
+def test_multiworker_survivor_exits_when_the_chief_is_killed(tmp_path):
+    # The chief also leads TF's coordination service: losing it must still end the survivor with a Python error
+    # (not a hang or an abort). A frozen (SIGSTOPped) peer was measured to fail the survivor the same way within
+    # about 12 s, by the coordination service's heartbeat timeout before the collective timeout.
     ports = _free_ports(2)
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
     procs = [_start(_train_args("multiworker", tmp_path, steps=0), _multiworker_env(i, ports), logs[i])
              for i in range(2)]
-    _kill_one_and_watch_the_other(procs, logs, how)
+    _lose_one_and_watch_the_other(procs, logs, victim=0, how=signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -296,6 +304,8 @@ def gloo_rendezvous():
 @needs_horovod
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
 def test_horovod_survivor_exits_when_peer_is_lost(tmp_path, gloo_rendezvous, how):
+    # SIGKILL closes the peer's sockets (gloo fails at once); SIGSTOP leaves them open, so only the gloo timeout
+    # set from distribute.collective_timeout_seconds can end the survivor's wait.
     logs = [tmp_path / f"rank-{i}.log" for i in range(2)]
     procs = [_start(_train_args("horovod", tmp_path, steps=0), env, log) for env, log in zip(gloo_rendezvous, logs)]
-    _kill_one_and_watch_the_other(procs, logs, how)
+    _lose_one_and_watch_the_other(procs, logs, victim=1, how=how)

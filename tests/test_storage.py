@@ -5,7 +5,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from google.api_core.exceptions import RetryError
@@ -71,6 +70,16 @@ def test_round_trip(storage_url, tmp_path):
     assert not (tmp_path / "missing.txt").exists()
 
 
+def test_large_file_round_trip(storage_url, tmp_path):
+    """Above 8 MiB the GCS client switches to resumable uploads; the CRC32C check must hold there too."""
+    storage = open_storage(storage_url)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(9 * 2**20))
+    storage.put_file(source, "big.bin")
+    storage.get_file("big.bin", tmp_path / "big.copy")
+    assert (tmp_path / "big.copy").read_bytes() == source.read_bytes()
+
+
 def test_write_if_absent_conflict(storage_url):
     storage = open_storage(storage_url)
     storage.write_bytes("commit.json", b"first", if_absent=True)
@@ -99,6 +108,13 @@ def test_preflight_on_unwritable_local_dir(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(UserError, match="a_file/run"):
         open_storage(str(tmp_path / "a_file" / "run")).preflight()
+
+
+def test_missing_credentials_are_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    with pytest.raises(UserError, match="credentials"):
+        open_storage("gs://some-bucket/run")
 
 
 def test_bad_urls_are_user_errors():

@@ -1,0 +1,526 @@
+"""Static checks of k8s/: kustomize renders, schemas pass, the project's own rules hold, and checkov finds nothing new.
+
+No cluster is needed. The tools come from tests/tools/install.sh (kubectl, kubernetes-validate and checkov, pinned);
+a missing one fails with that fix. What schemas cannot see is checked here against the code it must agree with:
+exit codes (job/errors.py), the CLI (job/cli.py), the config loader (job/config.py), the multi-worker cluster parser
+(job/distribute/multiworker.py) and the image (docker/Dockerfile).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import kubernetes_validate  # noqa: E402
+
+from job.cli import build_parser  # noqa: E402
+from job.config import list_presets, load_config  # noqa: E402
+from job.errors import EXIT_CRASH, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+MANIFESTS = ("job.yaml", "multiworker.yaml", "horovod-mpijob.yaml", "tensorboard.yaml")
+VENV_BIN = Path(sys.executable).parent
+# The oldest Kubernetes the manifests support (podReplacementPolicy is beta and on by default from 1.29) and the newest.
+KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+# On SIGTERM the trainer finishes its step and saves locally before the upload budget (checkpoint.upload_timeout_seconds)
+# starts; this is the allowance for that part, on the largest preset model.
+SIGTERM_MARGIN_SECONDS = 60
+JOB_COMMAND = ["python", "-m", "job"]
+GPU = "nvidia.com/gpu"
+MPIJOB_SPEC_FIELDS = {"slotsPerWorker", "runLauncherAsWorker", "launcherCreationPolicy", "mpiImplementation",
+                      "sshAuthMountPath", "runPolicy", "mpiReplicaSpecs"}
+MPIJOB_RUN_POLICY_FIELDS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit",
+                            "schedulingPolicy", "suspend", "managedBy"}
+
+
+# --- tools ---------------------------------------------------------------------------------------------------------
+def tool(name: str) -> str:
+    path = VENV_BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} is not installed in {VENV_BIN}; run `bash tests/tools/install.sh`")
+    return str(path)
+
+
+def checkov_path() -> str:
+    tools_dir = Path(os.environ.get("JOB_TOOLS_DIR", Path.home() / ".cache" / "job-tools"))
+    path = tools_dir / "checkov" / "bin" / "checkov"
+    if not path.exists():
+        pytest.fail(f"checkov is not installed at {path}; run `bash tests/tools/install.sh`")
+    return str(path)
+
+
+def kustomize(directory: Path) -> list[dict]:
+    out = subprocess.run([tool("kubectl"), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"kubectl kustomize {directory} failed:\n{out.stderr}"
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+# --- reading manifests ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def raw() -> dict[str, list[dict]]:
+    return {name: [d for d in yaml.safe_load_all((K8S / name).read_text()) if d] for name in MANIFESTS}
+
+
+@pytest.fixture(scope="module")
+def raw_docs(raw) -> list[dict]:
+    return [d for docs in raw.values() for d in docs]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    return kustomize(K8S)
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> dict:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def pod_templates(doc: dict) -> Iterator[tuple[str, dict]]:
+    """(label, pod template) of every pod a workload creates."""
+    name = f"{doc['kind']}/{doc['metadata']['name']}"
+    if doc["kind"] in ("Job", "Deployment"):
+        yield name, doc["spec"]["template"]
+    elif doc["kind"] == "MPIJob":
+        for role, replica in doc["spec"]["mpiReplicaSpecs"].items():
+            yield f"{name}/{role}", replica["template"]
+
+
+def all_pod_templates(docs: list[dict]) -> list[tuple[str, dict]]:
+    return [t for d in docs for t in pod_templates(d)]
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command, args and env values."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def job_argv(container: dict) -> list[str] | None:
+    """The arguments after `python -m job` when the container runs the trainer CLI, else None."""
+    command, args = container.get("command"), container.get("args", [])
+    if command is None:  # the image's ENTRYPOINT, which is `python -m job` (tests/test_dockerfiles.py checks)
+        return list(args)
+    words = list(command) + list(args)
+    for i in range(len(words) - len(JOB_COMMAND) + 1):
+        if words[i:i + len(JOB_COMMAND)] == JOB_COMMAND:
+            return words[i + len(JOB_COMMAND):]
+    return None
+
+
+def mount_for(path: str, pod_spec: dict, container: dict) -> dict | None:
+    """The volume backing `path` in the container: the deepest mount that contains it."""
+    mounts = [m for m in container.get("volumeMounts", [])
+              if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mounts:
+        return None
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    return next(v for v in pod_spec.get("volumes", []) if v["name"] == mount["name"])
+
+
+def image_user() -> tuple[int, int, str]:
+    """uid, gid and HOME of the image's user (docker/Dockerfile)."""
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\d+):(\d+)\s*$", dockerfile, re.M)
+    homes = re.findall(r"\bHOME=(\S+)", dockerfile)
+    assert users and homes, "docker/Dockerfile sets no numeric USER uid:gid or no HOME"
+    return int(users[-1][0]), int(users[-1][1]), homes[-1]
+
+
+class Trainer:
+    """A container running `python -m job train`, with the config it would load.
+
+    For an MPIJob the launcher's mpirun holds the command line, but the ranks run in the worker pods: the config file
+    and the working directories must exist there (`runs_in`).
+    """
+
+    def __init__(self, workload: dict, label: str, template: dict, container: dict, docs: list[dict], tmp: Path):
+        self.workload, self.label, self.template, self.container = workload, label, template, container
+        if workload["kind"] == "MPIJob":
+            worker = workload["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+            self.runs_in = (worker, worker["containers"][0])
+        else:
+            self.runs_in = (template["spec"], container)
+        self.env = env_of(container)
+        self.argv = [expand(a, self.env) for a in job_argv(container)]
+        try:
+            self.args = build_parser().parse_args(self.argv)
+        except SystemExit:
+            pytest.fail(f"{label}: `python -m job {' '.join(self.argv)}` is not a valid command line (see above)")
+        assert self.args.command == "train", f"{label}: runs `python -m job {self.args.command}`, expected train"
+        volume = mount_for(self.args.config, *self.runs_in)
+        assert volume and "configMap" in volume, f"{label}: --config {self.args.config} is not on a ConfigMap volume"
+        self.config_map = one(docs, "ConfigMap", volume["configMap"]["name"])
+        local = tmp / label.replace("/", "_") / Path(self.args.config).name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(self.config_map["data"][Path(self.args.config).name])
+        self.cfg = load_config(str(local), self.args.overrides)
+
+
+@pytest.fixture(scope="module")
+def trainers(raw_docs, tmp_path_factory) -> list[Trainer]:
+    tmp = tmp_path_factory.mktemp("configs")
+    found = []
+    for doc in raw_docs:
+        for label, template in pod_templates(doc):
+            for container in template["spec"]["containers"]:
+                if job_argv(container) is not None:
+                    found.append(Trainer(doc, label, template, container, raw_docs, tmp))
+    return found
+
+
+def replicas(trainer: Trainer) -> int:
+    """How many training processes the workload runs, from the manifest alone."""
+    workload = trainer.workload
+    gpus = int(trainer.container.get("resources", {}).get("limits", {}).get(GPU, 1))
+    if workload["kind"] == "Job":
+        return workload["spec"].get("completions", 1) * gpus
+    if workload["kind"] == "MPIJob":
+        args = trainer.container["args"]
+        return int(args[args.index("-np") + 1])
+    raise AssertionError(workload["kind"])
+
+
+def gpu_pod_templates(docs: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(label, template, container) of every container that asks for a GPU."""
+    return [(label, t, c) for label, t in all_pod_templates(docs) for c in t["spec"]["containers"]
+            if GPU in c.get("resources", {}).get("limits", {})]
+
+
+# --- rendering and schemas -----------------------------------------------------------------------------------------
+def test_kustomize_renders_every_manifest_into_the_namespace(raw_docs, rendered, kustomization):
+    def ids(docs):
+        return sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+
+    assert ids(rendered) == ids(raw_docs), "kustomize lost or added resources (the settings ConfigMap must not appear)"
+    for doc in rendered:
+        assert doc["metadata"].get("namespace") == kustomization["namespace"], f"{doc['kind']} outside the namespace"
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_every_manifest_passes_kubernetes_validate_strict(version, rendered, tmp_path):
+    rendered_file = tmp_path / "rendered.yaml"
+    rendered_file.write_text(yaml.safe_dump_all(rendered))
+    files = [str(K8S / name) for name in MANIFESTS] + [str(rendered_file)]
+    out = subprocess.run([tool("kubernetes-validate"), "--strict", "-k", version, *files],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    skipped = [line for line in (out.stdout + out.stderr).splitlines() if "Couldn't find schema" in line]
+    assert skipped and all("MPIJob" in line for line in skipped), f"only the MPIJob may be skipped: {skipped}"
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_mpijob_pod_templates_validate_as_core_v1(version, raw):
+    mpijob = one(raw["horovod-mpijob.yaml"], "MPIJob")
+    for label, template in pod_templates(mpijob):
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": label.split("/")[-1].lower()},
+                   "template": template}
+        kubernetes_validate.validate(wrapped, version, strict=True)
+    # The same check refuses a template with a misspelt field, so a pass above means something.
+    broken = json.loads(json.dumps(wrapped))
+    broken["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
+# --- what schemas miss ---------------------------------------------------------------------------------------------
+def test_job_failure_policy_matches_the_trainers_exit_codes(raw_docs):
+    jobs = find(raw_docs, "Job")
+    assert {j["metadata"]["name"] for j in jobs} == {"cifar-train", "cifar-train-mw"}
+    for job in jobs:
+        spec, name = job["spec"], job["metadata"]["name"]
+        pod = spec["template"]["spec"]
+        # The API rejects a podFailurePolicy unless restartPolicy is Never; schemas accept any of the three.
+        assert pod["restartPolicy"] == "Never", name
+        assert spec["backoffLimit"] >= 1, f"{name}: crashes need retries to resume"
+        containers = {c["name"] for c in pod["containers"]}
+        actions: dict[int, str] = {}
+        conditions = {}
+        for rule in spec["podFailurePolicy"]["rules"]:
+            if "onExitCodes" in rule:
+                on = rule["onExitCodes"]
+                assert on["containerName"] in containers, f"{name}: rule names a container that does not exist"
+                assert on["operator"] == "In"
+                actions.update({code: rule["action"] for code in on["values"]})
+            for condition in rule.get("onPodConditions", []):
+                conditions[condition["type"]] = (rule["action"], condition.get("status", "True"))
+        assert actions[EXIT_USER_ERROR] == "FailJob", f"{name}: bad input must fail the Job at once"
+        assert actions[EXIT_PREEMPTED] == "Ignore", f"{name}: a SIGTERM checkpoint exit must not use up a retry"
+        assert EXIT_CRASH not in actions, f"{name}: crashes must count against backoffLimit"
+        assert conditions["DisruptionTarget"] == ("Ignore", "True"), f"{name}: preemptions must not use up retries"
+        if spec.get("completionMode") == "Indexed":
+            assert actions[EXIT_PEER_LOST] == "Ignore", f"{name}: a lost peer is retried without using up a retry"
+
+
+@pytest.mark.parametrize("source", ["raw", "rendered"])
+def test_multiworker_hosts_match_the_indexed_job_and_headless_service(source, raw, rendered):
+    from job.distribute.multiworker import tf_config_from_env  # imports TensorFlow
+
+    docs = raw["multiworker.yaml"] if source == "raw" else rendered
+    job = one(docs, "Job", "cifar-train-mw")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] >= 2
+    service = one(docs, "Service", pod["subdomain"])  # subdomain must name the headless Service
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True, "workers must resolve each other before ready"
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items(), "the Service selects no worker pod"
+    trainer = next(c for c in pod["containers"] if c["name"] == "trainer")
+    port = trainer["ports"][0]["containerPort"]
+    assert port in [p["port"] for p in service["spec"]["ports"]]
+    job_name, service_name = job["metadata"]["name"], service["metadata"]["name"]
+    expected = [f"{job_name}-{i}.{service_name}:{port}" for i in range(spec["completions"])]
+    worker_hosts = env_of(trainer)["WORKER_HOSTS"]
+    assert worker_hosts.split(",") == expected
+    for index in range(spec["completions"]):
+        tf_config = tf_config_from_env({"JOB_COMPLETION_INDEX": str(index), "WORKER_HOSTS": worker_hosts})
+        assert tf_config == {"cluster": {"worker": expected}, "task": {"type": "worker", "index": index}}
+
+
+def test_mpijob_launch_settings(raw):
+    mpijob = one(raw["horovod-mpijob.yaml"], "MPIJob")
+    spec = mpijob["spec"]
+    assert set(spec) <= MPIJOB_SPEC_FIELDS, f"unknown MPIJob v2beta1 fields: {set(spec) - MPIJOB_SPEC_FIELDS}"
+    assert set(spec["runPolicy"]) <= MPIJOB_RUN_POLICY_FIELDS
+    assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
+    assert spec["mpiImplementation"] == "OpenMPI"
+    launcher, worker = spec["mpiReplicaSpecs"]["Launcher"], spec["mpiReplicaSpecs"]["Worker"]
+    assert set(spec["mpiReplicaSpecs"]) == {"Launcher", "Worker"} and launcher["replicas"] == 1
+    for replica in (launcher, worker):
+        assert replica["restartPolicy"] in ("Always", "OnFailure", "Never", "ExitCode")
+    (launcher_container,) = launcher["template"]["spec"]["containers"]
+    (worker_container,) = worker["template"]["spec"]["containers"]
+    args = launcher_container["args"]
+    assert launcher_container["command"] == ["mpirun"]
+    assert int(args[args.index("-np") + 1]) == worker["replicas"] * spec["slotsPerWorker"]
+    assert spec["slotsPerWorker"] == int(worker_container["resources"]["limits"][GPU]), "one rank per GPU"
+    # Ranks run in the worker pods: mpirun must forward every setting of the launcher they need (-x NAME).
+    forwarded = {args[i + 1] for i, a in enumerate(args) if a == "-x"}
+    used_in_args = set(re.findall(r"\$\((\w+)\)", " ".join(args)))
+    assert set(env_of(launcher_container)) - used_in_args <= forwarded
+    # Workers run the image's non-root sshd; its config (docker/sshd_config) uses the key the operator mounts.
+    assert worker_container["command"] == ["/usr/sbin/sshd"]
+    sshd_config_path = worker_container["args"][worker_container["args"].index("-f") + 1]
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(rf"^COPY docker/sshd_config {re.escape(sshd_config_path)}$", dockerfile, re.M)
+    sshd = dict(line.split(None, 1) for line in (ROOT / "docker" / "sshd_config").read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+    for key in ("HostKey", "AuthorizedKeysFile"):
+        assert sshd[key].startswith(spec["sshAuthMountPath"] + "/"), key
+    port = int(sshd["Port"])
+    assert worker_container["ports"][0]["containerPort"] == port
+    assert worker_container["readinessProbe"]["tcpSocket"]["port"] == port, "WaitForWorkersReady needs sshd up"
+    ssh_config = (ROOT / "docker" / "ssh_config").read_text()
+    assert re.search(rf"^\s*Port {port}$", ssh_config, re.M), "the launcher's ssh must use the workers' sshd port"
+    assert spec["sshAuthMountPath"] == env_of(launcher_container)["HOME"] + "/.ssh"
+
+
+def test_trainer_commands_parse_and_their_config_loads(trainers):
+    from job.config import PRESET_DIR
+
+    assert sorted(t.label for t in trainers) == ["Job/cifar-train", "Job/cifar-train-mw",
+                                                 "MPIJob/cifar-train-hvd/Launcher"]
+    presets = list_presets()
+    for t in trainers:
+        unresolved = re.findall(r"\$\(\w+\)", " ".join(t.argv))
+        assert not unresolved, f"{t.label}: {unresolved} name no env var of the container (Kubernetes keeps them as is)"
+        cfg = t.cfg
+        assert cfg.preset in presets, f"{t.label}: preset {cfg.preset!r} is not in {PRESET_DIR}"
+        preset = load_config(cfg.preset)
+        assert (cfg.model.name, cfg.data.name) == (preset.model.name, preset.data.name), t.label
+        assert cfg.run_dir.startswith("gs://") and cfg.data.dir.startswith("gs://"), t.label
+        volume = mount_for(cfg.run.work_dir, *t.runs_in) if cfg.run.work_dir else None
+        assert volume and "emptyDir" in volume, f"{t.label}: run.work_dir must be on an emptyDir"
+        assert cfg.train.batch_size % replicas(t) == 0, f"{t.label}: batch {cfg.train.batch_size} over {replicas(t)}"
+    backends = {t.label: t.cfg.distribute.backend for t in trainers}
+    assert backends == {"Job/cifar-train": "auto", "Job/cifar-train-mw": "multiworker",
+                        "MPIJob/cifar-train-hvd/Launcher": "horovod"}
+    run_dirs = [t.cfg.run_dir for t in trainers]
+    assert len(set(run_dirs)) == len(run_dirs), "two workloads would write into the same run directory"
+
+
+def test_grace_period_covers_the_sigterm_checkpoint(trainers, raw_docs):
+    for t in trainers:
+        budget = t.cfg.checkpoint.upload_timeout_seconds + SIGTERM_MARGIN_SECONDS
+        # The pods that receive SIGTERM are the ones running the ranks: for an MPIJob, its workers.
+        pods = [tpl for label, tpl in pod_templates(t.workload)] if t.workload["kind"] == "MPIJob" else [t.template]
+        for template in pods:
+            grace = template["spec"]["terminationGracePeriodSeconds"]
+            assert grace >= budget, f"{t.label}: grace {grace} s < SIGTERM budget {budget} s"
+
+
+def test_every_pod_is_hardened_and_writes_only_to_emptydirs(raw_docs):
+    uid, gid, image_home = image_user()
+    templates = all_pod_templates(raw_docs)
+    assert len(templates) == 5
+    for label, template in templates:
+        pod = template["spec"]
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True and security["seccompProfile"]["type"] == "RuntimeDefault", label
+        assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid), f"{label}: not the image's user"
+        assert pod["automountServiceAccountToken"] is False, label
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False, label
+            assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"], label
+            assert sc["runAsNonRoot"] is True and sc["seccompProfile"]["type"] == "RuntimeDefault", label
+            # Where the container writes: its HOME and TMPDIR (the image's when not set), and any cache dirs set.
+            env = env_of(container)
+            paths = {"HOME": image_home, "TMPDIR": "/tmp"}
+            paths.update({k: v for k, v in env.items() if k in ("HOME", "TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME")})
+            for name, path in paths.items():
+                volume = mount_for(path, pod, container)
+                assert volume and "emptyDir" in volume, f"{label}: {name}={path} is not on a writable emptyDir"
+
+
+def test_training_pods_get_gpus_tolerations_and_shared_memory(raw_docs):
+    gpu_containers = gpu_pod_templates(raw_docs)
+    assert sorted(label for label, _, _ in gpu_containers) == ["Job/cifar-train", "Job/cifar-train-mw",
+                                                               "MPIJob/cifar-train-hvd/Worker"]
+    for label, template, container in gpu_containers:
+        resources = container["resources"]
+        assert resources["requests"][GPU] == resources["limits"][GPU], label
+        assert resources["requests"] == resources["limits"], f"{label}: Guaranteed QoS wants requests == limits"
+        tolerations = template["spec"]["tolerations"]
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in tolerations, label
+        volume = mount_for("/dev/shm", template["spec"], container)
+        assert volume and volume["emptyDir"].get("medium") == "Memory", f"{label}: /dev/shm must be a Memory emptyDir"
+
+
+def test_references_resolve_within_k8s(rendered):
+    """Names that only the API server would resolve: a typo passes every schema and fails at run time."""
+    for label, template in all_pod_templates(rendered):
+        pod = template["spec"]
+        if "serviceAccountName" in pod:
+            one(rendered, "ServiceAccount", pod["serviceAccountName"])
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                one(rendered, "ConfigMap", volume["configMap"]["name"])
+        for container in pod["containers"]:
+            names = {v["name"] for v in pod.get("volumes", [])}
+            assert {m["name"] for m in container.get("volumeMounts", [])} <= names, label
+    pods = {label: template["metadata"]["labels"] for label, template in all_pod_templates(rendered)}
+    for service in find(rendered, "Service"):
+        assert any(service["spec"]["selector"].items() <= labels.items() for labels in pods.values())
+    policies = find(rendered, "NetworkPolicy")
+    for label, labels in pods.items():
+        assert any(p["spec"]["podSelector"]["matchLabels"].items() <= labels.items() for p in policies), \
+            f"{label}: no NetworkPolicy selects it"
+
+
+def test_images_agree_across_manifests_and_kustomization(raw_docs, rendered, kustomization):
+    (image,) = kustomization["images"]
+    raw_images = {c["image"] for _, t in all_pod_templates(raw_docs) for c in t["spec"]["containers"]}
+    assert raw_images == {f"{image['name']}:{image['newTag']}"}
+    rendered_images = {c["image"] for _, t in all_pod_templates(rendered) for c in t["spec"]["containers"]}
+    assert rendered_images == {f"{image['newName']}:{image['newTag']}"}
+
+
+def gs_urls(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [u for v in node.values() for u in gs_urls(v)]
+    if isinstance(node, list):
+        return [u for v in node for u in gs_urls(v)]
+    return re.findall(r"gs://[^\s\"']+", node) if isinstance(node, str) else []
+
+
+def test_bucket_image_namespace_and_accounts_are_set_in_one_place(raw_docs, tmp_path):
+    for name in (*MANIFESTS, "kustomization.yaml"):
+        shutil.copy(K8S / name, tmp_path / name)
+    kustomization = yaml.safe_load((tmp_path / "kustomization.yaml").read_text())
+    kustomization["namespace"] = "ns-under-test"
+    kustomization["images"][0].update(newName="registry.test/team/trainer", newTag="7.7.7")
+    (generator,) = kustomization["configMapGenerator"]
+    generator["literals"] = [
+        "bucket=bucket-under-test",
+        "trainer-service-account=trainer@project-under-test.iam.gserviceaccount.com",
+        "tensorboard-service-account=viewer@project-under-test.iam.gserviceaccount.com",
+    ]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    docs = kustomize(tmp_path)
+
+    urls = gs_urls(docs)
+    assert len(urls) == len(gs_urls(raw_docs)) >= 5, "a gs:// URL was lost or added"
+    assert all(u.startswith("gs://bucket-under-test/") for u in urls), urls
+    assert {d["metadata"]["namespace"] for d in docs} == {"ns-under-test"}
+    images = {c["image"] for _, t in all_pod_templates(docs) for c in t["spec"]["containers"]}
+    assert images == {"registry.test/team/trainer:7.7.7"}
+    accounts = {d["metadata"]["name"]: d["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+                for d in find(docs, "ServiceAccount")}
+    assert accounts == {"cifar-trainer": "trainer@project-under-test.iam.gserviceaccount.com",
+                        "cifar-tensorboard": "viewer@project-under-test.iam.gserviceaccount.com"}
+
+
+def test_tensorboard_serves_the_runs_of_every_workload(raw_docs, trainers):
+    deployment = one(raw_docs, "Deployment", "cifar-tensorboard")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    args = [expand(a, env) for a in container["args"]]
+    assert container["command"] == ["tensorboard"] and "--bind_all" in args
+    logdir = args[args.index("--logdir") + 1]
+    for t in trainers:
+        assert t.cfg.run_dir.startswith(logdir.rstrip("/") + "/"), f"TensorBoard does not see {t.cfg.run_dir}"
+    port = int(args[args.index("--port") + 1])
+    assert container["ports"][0]["containerPort"] == port
+
+
+# --- checkov -------------------------------------------------------------------------------------------------------
+def checkov_failures() -> dict[str, set[str]]:
+    """check id -> resources that fail it, over k8s/ and docker/, with no skips applied."""
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"}
+    out = subprocess.run(
+        [checkov_path(), "-d", "k8s", "-d", "docker", "--framework", "kubernetes", "dockerfile", "secrets",
+         "--skip-download", "--quiet", "-o", "json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.stdout.strip(), f"checkov printed nothing (exit {out.returncode}):\n{out.stderr[-3000:]}"
+    failures: dict[str, set[str]] = {}
+    decoder, text, at = json.JSONDecoder(), out.stdout, 0
+    while at < len(text):  # one JSON document per -d directory
+        if text[at].isspace():
+            at += 1
+            continue
+        report, at = decoder.raw_decode(text, at)
+        for framework in report if isinstance(report, list) else [report]:
+            for check in framework.get("results", {}).get("failed_checks", []):
+                failures.setdefault(check["check_id"], set()).add(f"{check['file_path']}: {check['resource']}")
+    return failures
+
+
+@pytest.mark.slow
+def test_checkov_fails_only_the_listed_skips():
+    skips = yaml.safe_load((K8S / "checkov-skips.yaml").read_text())["skips"]
+    for skip in skips:
+        assert re.fullmatch(r"CKV2?_[A-Z0-9]+_\d+", skip["id"]), skip
+        assert len(skip.get("reason", "").split()) >= 8, f"{skip['id']}: give the reason"
+    listed = {s["id"] for s in skips}
+    failures = checkov_failures()
+    unlisted = {check: sorted(resources) for check, resources in failures.items() if check not in listed}
+    assert not unlisted, f"checkov failures not in k8s/checkov-skips.yaml: {json.dumps(unlisted, indent=1)}"
+    stale = listed - set(failures)
+    assert not stale, f"k8s/checkov-skips.yaml lists checks that pass now; remove {sorted(stale)}"
