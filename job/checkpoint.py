@@ -124,9 +124,8 @@ class CheckpointStore:
             if not self._check_not_committed_by_other(step, ours=data):
                 for f in json.loads(data)["files"]:
                     if not (self.dir / f["name"]).is_file():
-                        log.error("not committing checkpoint %s: its file %s vanished from the working copy %s",
-                                  _name(step), f["name"], self.run.local)
-                        return
+                        raise UserError(f"checkpoint file {self.dir / f['name']} vanished from the working copy "
+                                        f"before it was uploaded; something else deletes files in {self.run.local}")
                     self.storage.put_file(self.dir / f["name"], f"{CKPT_DIR}/{f['name']}")
                 try:
                     self.storage.write_bytes(_commit_path(step), data, if_absent=True)
@@ -144,10 +143,12 @@ class CheckpointStore:
     def _after_commit(self, step: int) -> None:
         """Point TF's state file at the kept checkpoints, then prune the rest (commit object first)."""
         committed = set(self._committed_steps()) - self._damaged
+        if not committed:
+            return
         kept = sorted(committed)[-self.keep:]
-        best = self._best_step(committed)
-        if best is not None and best not in kept:
-            kept = sorted(kept + [best])
+        ranked = self._by_metric(committed)
+        if ranked and ranked[0] not in kept:
+            kept = sorted(kept + ranked[:1])
         self._write_state_file(kept)
         for old in sorted(committed - set(kept)):
             self._remove(old, why=f"keeping the newest {self.keep} and the best")
@@ -208,26 +209,27 @@ class CheckpointStore:
                 return None
             try:
                 manifest = json.loads(data)
-                assert manifest["step"] == step and manifest["files"]
+                assert manifest["step"] == step and isinstance(manifest.get("metrics", {}), dict)
+                assert any(f["name"] == f"{_name(step)}.index" for f in manifest["files"])
                 for f in manifest["files"]:
-                    assert isinstance(f["name"], str) and "/" not in f["name"]
+                    assert _DATA_RE.fullmatch(f["name"]) and _DATA_RE.fullmatch(f["name"]).group(1) == str(step)
                     assert isinstance(f["size"], int) and isinstance(f["crc32c"], int)
             except (ValueError, KeyError, TypeError, AssertionError):
                 raise _Damaged("its commit object is not valid JSON of the expected form") from None
             self._manifests[step] = manifest
         return self._manifests[step]
 
-    def _best_step(self, steps) -> int | None:
+    def _by_metric(self, steps) -> list[int]:
+        """The steps whose metrics have a numeric val_top1, best first (the newest first among equals)."""
         scored = []
         for step in steps:
             try:
-                manifest = self._manifest(step)
+                value = (self._manifest(step) or {}).get("metrics", {}).get(BEST_METRIC)
             except _Damaged:
                 continue
-            value = (manifest or {}).get("metrics", {}).get(BEST_METRIC)
             if isinstance(value, (int, float)):
                 scored.append((value, step))
-        return max(scored)[1] if scored else None
+        return [step for _, step in sorted(scored, reverse=True)]
 
     def _verify(self, step: int) -> Committed | None:
         """The checkpoint as a local prefix once its files match the commit object (downloaded if need be)."""
@@ -237,18 +239,18 @@ class CheckpointStore:
         for f in manifest["files"]:
             local = self.dir / f["name"]
             problem = _mismatch(local, f)
-            if problem and self.run.is_remote:
-                for _ in range(2):  # a second download rules out a one-off transfer problem
-                    try:
-                        self.storage.get_file(f"{CKPT_DIR}/{f['name']}", local)
-                    except FileNotFoundError:
-                        if self.storage.exists(_commit_path(step)):
-                            raise _Damaged(f"its file {f['name']} is missing") from None
-                        return None  # pruned while we read it
-                    problem = _mismatch(local, f)
-                    if not problem:
-                        break
+            downloads = 2 if self.run.is_remote else 0  # a second download rules out a one-off transfer problem
+            while problem and downloads:
+                downloads -= 1
+                try:
+                    self.storage.get_file(f"{CKPT_DIR}/{f['name']}", local)
+                except FileNotFoundError:
+                    problem = "missing"
+                    break
+                problem = _mismatch(local, f)
             if problem:
+                if not self.storage.exists(_commit_path(step)):
+                    return None  # pruned by a writer while we read it
                 raise _Damaged(f"{f['name']}: {problem}")
         return Committed(step=step, prefix=str(self.dir / _name(step)), metrics=dict(manifest["metrics"]))
 
@@ -267,7 +269,7 @@ class CheckpointStore:
                                 self.run.url, CKPT_DIR, _name(bad), reason, _name(found.step))
                 return found
         for bad, reason in damaged:
-            log.warning("checkpoint %s/%s/%s is damaged (%s) and no older %s checkpoint verifies",
+            log.warning("checkpoint %s/%s/%s is damaged (%s) and no other %s checkpoint verifies",
                         self.run.url, CKPT_DIR, _name(bad), reason, what)
         return None
 
@@ -277,15 +279,7 @@ class CheckpointStore:
 
     def best(self) -> Committed | None:
         """The committed checkpoint with the highest metrics['val_top1'] among those that verify."""
-        scored = []
-        for step in self._committed_steps():
-            try:
-                value = (self._manifest(step) or {}).get("metrics", {}).get(BEST_METRIC)
-            except _Damaged:
-                continue
-            if isinstance(value, (int, float)):
-                scored.append((value, step))
-        return self._first_usable([step for _, step in sorted(scored, reverse=True)], "scored")
+        return self._first_usable(self._by_metric(self._committed_steps()), "scored")
 
     def restore(self, ckpt: tf.train.Checkpoint, committed: Committed) -> None:
         status = ckpt.read(committed.prefix)

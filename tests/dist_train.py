@@ -1,9 +1,9 @@
 """A minimal custom training loop written only against job.distribute.base.Backend, for the distribute tests.
 
 Trains a tiny dense model on fixed synthetic data (no shuffle, no augmentation, no dropout) and writes this worker's
-final weights, per-step losses, the example ids it read and an all_reduce_sum result to OUT_DIR/worker-<i>.npz.
-With --steps 0 it trains forever (the peer-loss test kills a worker and watches the other). A lost peer ends the
-process with job.errors.EXIT_PEER_LOST.
+weights after --steps steps, their losses, the example ids it read and an all_reduce_sum result to
+OUT_DIR/worker-<i>.npz. With --until-peer-lost it then trains on, so a test can kill one worker and watch the other.
+A lost peer ends the process with job.errors.EXIT_PEER_LOST.
 
     python tests/dist_train.py --backend {single,multiworker,horovod} --global-batch 8 --steps 4 --out DIR
 """
@@ -43,7 +43,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--backend", required=True)
     p.add_argument("--global-batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=4, help="0 = forever")
+    p.add_argument("--steps", type=int, default=4, help="steps recorded in the saved result")
+    p.add_argument("--until-peer-lost", action="store_true", help="after saving, train on until a collective fails")
     p.add_argument("--timeout", type=float, default=30.0, help="collective timeout seconds")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -64,7 +65,7 @@ def main() -> int:
     def dataset_fn(shard):
         ds = tf.data.Dataset.from_tensor_slices((features, labels, ids))
         ds = ds.shard(shard.num_shards, shard.index).batch(shard.batch_size, drop_remainder=True)
-        return ds.repeat() if args.steps == 0 else ds
+        return ds.repeat() if args.until_peer_lost else ds
 
     with backend.scope():
         model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8, activation="tanh"),
@@ -89,31 +90,41 @@ def main() -> int:
     def train_step(batch):
         return backend.run_step(replica_fn, batch)
 
+    def save(totals: dict[str, float]) -> None:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, f"worker-{backend.worker_index}.npz")
+        np.savez(
+            path + ".partial.npz",
+            *[np.asarray(w) for w in model.get_weights()],
+            losses=np.array(losses), seen=np.array(seen, dtype="int64"),
+            totals=np.array([totals["examples"], totals["one"]]),
+            meta=np.array([backend.num_workers, backend.num_replicas, int(backend.is_chief)]),
+        )
+        os.replace(path + ".partial.npz", path)  # the test polls for it
+        print(f"worker {backend.worker_index} saved", flush=True)
+
     losses, seen = [], []
     try:
-        for step, batch in enumerate(backend.distribute_dataset(dataset_fn, global_batch)):
-            if args.steps and step >= args.steps:
-                break
+        batches = iter(backend.distribute_dataset(dataset_fn, global_batch))
+        for step in range(args.steps):
+            batch = next(batches)
             out = train_step(batch)
             losses.append(float(out["loss"]))
             assert float(out["examples"]) == global_batch, out
             seen.extend(_local_ids(backend, batch))
             print(f"worker {backend.worker_index} step {step} loss {losses[-1]:.6f}", flush=True)
-        totals = backend.all_reduce_sum({"examples": float(len(seen)), "one": 1.0})
+        save(backend.all_reduce_sum({"examples": float(len(seen)), "one": 1.0}))
         backend.barrier()
+        step = args.steps
+        while args.until_peer_lost:  # the data repeats; only a failing collective ends this
+            out = train_step(next(batches))
+            print(f"worker {backend.worker_index} step {step} loss {float(out['loss']):.6f}", flush=True)
+            step += 1
     except Exception as e:  # noqa: BLE001 - classify, then re-raise anything that is not a lost peer
         if is_peer_lost_error(e):
             print(f"worker {backend.worker_index}: peer lost: {type(e).__name__}: {str(e)[-400:]}", flush=True)
             return EXIT_PEER_LOST
         raise
-    os.makedirs(args.out, exist_ok=True)
-    np.savez(
-        os.path.join(args.out, f"worker-{backend.worker_index}.npz"),
-        *[np.asarray(w) for w in model.get_weights()],
-        losses=np.array(losses), seen=np.array(seen, dtype="int64"),
-        totals=np.array([totals["examples"], totals["one"]]),
-        meta=np.array([backend.num_workers, backend.num_replicas, int(backend.is_chief)]),
-    )
     backend.shutdown()
     return 0
 

@@ -80,6 +80,9 @@ class GcsServer:
     def stop(self) -> None:
         if self._proc is None:
             return
+        if self._proc.poll() is not None:  # it died by itself and is reaped: its pid may belong to someone else now
+            self._proc, self.pid = None, None
+            return
         os.kill(self.pid, signal.SIGTERM)
         try:
             self._proc.wait(timeout=10)

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ckpt_kill_writer import make_checkpoint, set_state
 from job.checkpoint import CheckpointStore
 from job.errors import UserError
 from job.rundir import RunDir
 from job.storage import open_storage
 
-try:
+try:  # tests/ is on sys.path (conftest.py)
+    from ckpt_kill_writer import make_checkpoint, set_state
     from gcs_server import gcs_bucket, gcs_server  # noqa: F401  (fixtures)
 except ImportError:
+    from tests.ckpt_kill_writer import make_checkpoint, set_state
     from tests.gcs_server import gcs_bucket, gcs_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent

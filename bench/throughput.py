@@ -1,0 +1,139 @@
+"""Training throughput: the project's loop (job.train's _Loop, driven in-process exactly as job.train.train sets it up)
+against plain Keras `compile`/`fit` of the same model, batch, optimizer and in-memory data.
+
+Both sides stamp the start of every step (the loop through a wrapper around its step function, fit through
+`on_train_batch_begin`, which keeps fit's asynchronous callback dispatch). The steady rate is taken between the second
+and the last step start of a trial, so the per-epoch start-up (building the dataset, fit's data adapter, the first
+batch) is reported separately and does not blur the per-step comparison.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+from bench.worker import Sides
+
+
+def _config(preset: str, overrides: list[str], steps: int, run_dir: str):
+    from job.config import load_config
+
+    return load_config(preset, [
+        "data.name=synthetic", "data.validation_split=0", f"train.max_steps_per_epoch={steps}",
+        "train.epochs=100000", "checkpoint.every_steps=1000000000", "run.progress=false", f"run.dir={run_dir}",
+        *overrides])
+
+
+def _steady(starts: list[float], ends: list[float], batch: int, total: float) -> dict:
+    """Figures of one trial from the step start (and, for the loop, end) stamps."""
+    cycles = [b - a for a, b in zip(starts, starts[1:])][1:]  # the first interval may still wait on the pipeline
+    if not cycles:
+        raise ValueError(f"a trial needs at least 3 steps to give a steady rate, got {len(starts)}")
+    result = {"images_per_second": batch * len(cycles) / sum(cycles), "step_seconds": statistics.median(cycles),
+              "steps": len(starts), "trial_seconds": total,
+              # what a trial costs beyond its steps: dataset or data-adapter set-up, the first batch, epoch-end work
+              "epoch_overhead_seconds": total - len(starts) * statistics.median(cycles)}
+    if ends:
+        # time from the end of one step call to the start of the next: the loop's own per-step work (the step
+        # counter read, metrics, next(iterator)); meaningful on CPU, where a step call returns when it is done
+        gaps = [s - e for e, s in zip(ends, starts[1:])][1:]
+        result["host_seconds_per_step"] = statistics.median(gaps)
+    return result
+
+
+def setup_loop(preset: str, overrides: list[str], steps: int) -> Sides:
+    import tensorflow as tf
+
+    from job import data as datalib
+    from job import train as trainlib
+    from job.distribute import make_backend
+    from job.optim import make_optimizer
+    from job.rundir import RunDir
+    from job.runfiles import build_full_model
+    from job.runtime import configure
+
+    cfg = _config(preset, overrides, steps, tempfile.mkdtemp(prefix="bench-loop-"))
+    configure(cfg)
+    backend = make_backend(cfg)
+    splits = datalib.load_splits(cfg.data, cfg.train.seed)
+    run = RunDir.open(cfg.run_dir, cfg.run.work_dir, cfg.run.summary_flush_seconds)
+    steps_per_epoch = min(datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size), steps)
+    # The same set-up as job.train.train, minus checkpointing and evaluation.
+    with backend.scope():
+        model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
+        optimizer = make_optimizer(cfg, steps_per_epoch)
+        state = trainlib.TrainState.create()
+        optimizer.build(model.trainable_variables)
+    model.get_layer("preprocess").set_stats(datalib.fit_preprocessing(splits.x_train, cfg.data.normalization))
+    writers = trainlib._SummaryWriters(run, cfg)
+    loop = trainlib._Loop(cfg, backend, model, optimizer, state, splits, steps_per_epoch, writers)
+
+    loop._set_phase(0)  # makes the step function; run_epoch keeps it while the phase stays the same
+    step_fn = loop._step_fn
+    starts: list[float] = []
+    ends: list[float] = []
+
+    def timed_step(batch):
+        starts.append(time.perf_counter())
+        step_fn(batch)
+        ends.append(time.perf_counter())
+
+    loop._step_fn = timed_step
+
+    def trial() -> dict:
+        starts.clear()
+        ends.clear()
+        epoch = int(state.step.numpy()) // steps_per_epoch
+        began = time.perf_counter()
+        loop.run_epoch(epoch, cfg.train.epochs, False, lambda metrics=None: None)
+        result = _steady(starts, ends, cfg.train.batch_size, time.perf_counter() - began)
+        if tf.config.list_physical_devices("GPU"):
+            result.pop("host_seconds_per_step")  # a step call returns before the GPU is done: not meaningful
+        return result
+
+    return Sides(trials={"loop": trial}, info=_model_info(cfg, model))
+
+
+def setup_fit(preset: str, overrides: list[str], steps: int) -> Sides:
+    import keras
+
+    from job import data as datalib
+    from job.optim import make_optimizer
+    from job.runfiles import build_full_model
+    from job.runtime import configure
+
+    cfg = _config(preset, overrides, steps, tempfile.mkdtemp(prefix="bench-fit-"))
+    configure(cfg)  # seed and precision policy, as the trainer
+    splits = datalib.load_splits(cfg.data, cfg.train.seed)
+    steps_per_epoch = min(datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size), steps)
+    model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
+    model.get_layer("preprocess").set_stats(datalib.fit_preprocessing(splits.x_train, cfg.data.normalization))
+    # jit_compile follows the trainer's setting: Keras' default "auto" picks XLA, which on CPU runs these models
+    # several times slower (docs/performance.md), so "auto" would be a baseline nobody should use.
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+                  jit_compile=cfg.train.jit_compile)
+    starts: list[float] = []
+
+    class StepStarts(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            starts.append(time.perf_counter())
+
+    stamps = StepStarts()
+
+    def trial() -> dict:
+        starts.clear()
+        began = time.perf_counter()
+        model.fit(splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=1,
+                  steps_per_epoch=steps_per_epoch, shuffle=True, verbose=0, callbacks=[stamps])
+        return _steady(starts, [], cfg.train.batch_size, time.perf_counter() - began)
+
+    return Sides(trials={"fit": trial}, info=_model_info(cfg, model))
+
+
+def _model_info(cfg, model) -> dict:
+    from bench.flops import train_flops_per_image
+
+    return {"model": cfg.model.name, "batch_size": cfg.train.batch_size, "optimizer": cfg.optim.name,
+            "precision": cfg.train.precision, "jit_compile": cfg.train.jit_compile,
+            "parameters": int(model.count_params()), "train_flops_per_image": train_flops_per_image(model)}
