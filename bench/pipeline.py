@@ -8,6 +8,7 @@ to a tensor) is reported separately as epoch_setup_seconds.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from bench.worker import Sides
@@ -43,5 +44,5 @@ def setup_pipeline(preset: str, overrides: list[str]) -> Sides:
                 "epoch_setup_seconds": first - began}
 
     info = {"examples": len(splits.x_train), "batch_size": shard.batch_size,
-            "augment": {k: v for k, v in vars(cfg.data.augment).items()}}
+            "augment": dataclasses.asdict(cfg.data.augment)}
     return Sides(trials={"1 thread": lambda: drain(one_thread), "all cores": lambda: drain(None)}, info=info)

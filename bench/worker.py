@@ -99,6 +99,7 @@ class Worker:
         self._answers: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.peak_rss_mb: float | None = None
+        self.info: dict = {}  # what the setup reported
 
     def _read(self) -> None:
         for line in self._proc.stdout:

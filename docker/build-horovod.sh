@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Horovod 0.28.1 from the PyPI sdist against the TensorFlow of the current Python environment, and install it.
 #
-# Horovod ships no wheels, and its 0.28.1 sdist does not build against TF 2.21 as released (see /work/shared DESIGN
+# Horovod ships no wheels, and its 0.28.1 sdist does not build against TF 2.21 as released (measured; see the design
 # notes): cmake must be < 4 (or CMAKE_POLICY_VERSION_MINIMUM=3.5 is set), and xla_mpi_ops.cc is dropped from the
 # TensorFlow sources because TF 2.21's headers lack highwayhash. The wheel is tied to the TF ABI, so it is cached
 # outside the repo under a key of horovod + TF version + python tag + GPU/MPI flags; a second run installs it in
@@ -14,8 +14,9 @@
 #        HOROVOD_BUILD_JOBS    parallel compile jobs (default: nproc)
 #
 # Prerequisites (installed here with apt-get when missing and running as root; otherwise install them first):
-#   apt: cmake (< 4), g++, make; for the GPU image also CUDA + NCCL headers (nvidia base image); for mpirun-launched
-#   jobs (MPIJob) also libopenmpi-dev openmpi-bin before the build, which then builds MPI support in.
+#   apt: cmake (>= 3.13; 4.x works via CMAKE_POLICY_VERSION_MINIMUM), g++, make. GPU image: CUDA + NCCL headers
+#   (an nvidia/cuda devel base). Jobs launched by mpirun (MPIJob): libopenmpi-dev openmpi-bin before the build, which
+#   then builds MPI support in; horovodrun --gloo needs no MPI.
 #   pip: tensorflow(-cpu)==2.21.0 already installed; psutil, cloudpickle, pyyaml, packaging (pinned below).
 set -euo pipefail
 
@@ -31,7 +32,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --gpu) gpu=1; shift ;;
     --python) python_bin="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -55,12 +56,13 @@ key="horovod-${HOROVOD_VERSION}-tf${tf_version}-${py_tag}-${gpu_tag}-${mpi_tag}"
 cache_dir="${HOROVOD_WHEEL_CACHE:-$HOME/.cache/job-horovod}/$key"
 log "python=$python_bin tensorflow=$tf_version gpu=$gpu_tag mpi=$mpi_tag cache=$cache_dir"
 
-# Already there and its TF ops library loads against this TF: nothing to do.
-if "$python_bin" - "$HOROVOD_VERSION" <<'EOF' 2>/dev/null
+# Already there, its TF ops library loads against this TF, and it has NCCL when asked for: nothing to do.
+if "$python_bin" - "$HOROVOD_VERSION" "$gpu" <<'EOF' 2>/dev/null
 import sys, importlib.metadata as m
 assert m.version("horovod") == sys.argv[1]
 import horovod.tensorflow as hvd  # loads mpi_lib against the installed TF: fails when built for another TF
 assert hvd.gloo_built()
+assert sys.argv[2] != "1" or hvd.nccl_built()  # a CPU build does not do for a GPU image
 EOF
 then
   log "horovod $HOROVOD_VERSION is already installed and loads against TF $tf_version; nothing to do"

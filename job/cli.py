@@ -34,8 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from job.runtime import setup_logging
-
     setup_logging(args.verbose)
     try:
         return _dispatch(args)
@@ -55,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_PEER_LOST
         log.exception("training crashed")
         return EXIT_CRASH
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "urllib3", "google", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -18,10 +18,3 @@ def configure(cfg: Config) -> None:
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "urllib3", "google", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,3 +7,5 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests measure CPU behaviour
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (cifar_archives, gcs_server) import by name
+
+pytest_plugins = ["gcs_server"]  # fake-gcs-server fixtures: gcs_server, gcs_bucket, gcs_outage_server

@@ -291,8 +291,8 @@ def test_horovod_backend_contract_then_peer_frozen(tmp_path, gloo_rendezvous):
 
 # --- the real trainer: two workers with batch b each end where one process with batch 2b ends -------------------
 
-TRAIN_ARGS = ["train", "--config", "digits_resnet20", "model.name=mlp", "model.dropout=0", "data.augment.crop_padding=0",
-              "data.augment.flip=false", "train.epochs=1", "train.max_steps_per_epoch=6", "train.batch_size=16",
+TRAIN_ARGS = ["train", "--config", "digits_resnet20", "model.name=mlp", "model.dropout=0",
+              "data.augment.crop_padding=0", "data.augment.flip=false", "train.epochs=1", "train.max_steps_per_epoch=6", "train.batch_size=16",
               "optim.schedule=constant", "optim.warmup_epochs=0", "run.progress=false",
               f"distribute.collective_timeout_seconds={RELAXED_TIMEOUT}"]
 

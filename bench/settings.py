@@ -1,0 +1,77 @@
+"""What `make bench` (full) and the test (`--tiny`) measure: models, presets, sizes and repeats."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LoopCase:
+    label: str
+    preset: str  # the preset's batch size and optimizer are used on both sides
+    overrides: tuple[str, ...]
+    steps: int  # steps per trial; the steady rate is taken over steps - 2 of them
+
+
+@dataclass(frozen=True)
+class CheckpointCase:
+    label: str
+    preset: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    warmup: int  # untimed trials per side before the timed ones
+    repeats: int  # timed trials per side, interleaved A B, B A, ...
+    loop_cases: tuple[LoopCase, ...]
+    pipeline_preset: str
+    pipeline_overrides: tuple[str, ...]
+    checkpoint_cases: tuple[CheckpointCase, ...]
+    checkpoint_repeats: int
+    # `python -m job train` runs for the start-up figure: tiny data, a small batch and two steps per start, so a
+    # start is mostly start-up; the second step's time gives the model's steady step time
+    resume_overrides: tuple[str, ...]
+    gpu_overrides: tuple[str, ...] = ("train.precision=mixed_float16", "train.jit_compile=true")
+    gpu_steps_factor: int = 5  # GPU steps are short: more of them per trial
+    epoch_images: int = 50_000  # a CIFAR training epoch, for "blocking time as a share of an epoch"
+    pipeline_goal_ratio: float = 20.0
+    pipeline_goal_per_core: float = 20_000.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+_RESUME = ("data.synthetic_examples=64", "train.batch_size=32", "train.max_steps_per_epoch=2",
+           "checkpoint.every_steps=1000000", "run.progress=false", "run.summary_flush_seconds=1")
+
+FULL = Settings(
+    mode="full",
+    warmup=1,
+    repeats=5,
+    loop_cases=(
+        LoopCase("resnet20", "cifar10_resnet20", ("data.synthetic_examples=10240",), steps=8),
+        LoopCase("simple_cnn", "cifar10_simple_cnn", ("data.synthetic_examples=10240",), steps=16),
+    ),
+    pipeline_preset="cifar100_resnet18",  # crop (4 px padding) + flip, batch 128: the CIFAR presets' augmentation
+    pipeline_overrides=("data.synthetic_examples=50000",),
+    checkpoint_cases=(
+        CheckpointCase("resnet18", "cifar100_resnet18", ("data.synthetic_examples=64", "train.batch_size=32")),
+        CheckpointCase("elu18", "cifar100_elu", ("data.synthetic_examples=64", "train.batch_size=32")),
+    ),
+    checkpoint_repeats=3,
+    resume_overrides=_RESUME,
+)
+
+TINY = Settings(
+    mode="tiny",
+    warmup=1,
+    repeats=2,
+    loop_cases=(LoopCase("simple_cnn", "cifar10_simple_cnn",
+                         ("data.synthetic_examples=128", "train.batch_size=16"), steps=3),),
+    pipeline_preset="cifar100_resnet18",
+    pipeline_overrides=("data.synthetic_examples=512", "train.batch_size=64"),
+    checkpoint_cases=(CheckpointCase("simple_cnn", "cifar10_simple_cnn",
+                                     ("data.synthetic_examples=64", "train.batch_size=16")),),
+    checkpoint_repeats=2,
+    resume_overrides=("data.synthetic_examples=64", "train.batch_size=16", "train.max_steps_per_epoch=2",
+                      "checkpoint.every_steps=1000000", "run.progress=false", "run.summary_flush_seconds=1"),
+)

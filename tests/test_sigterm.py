@@ -1,0 +1,79 @@
+"""SIGTERM (what Kubernetes sends before it kills a pod): commit a checkpoint within the grace period, exit 75 so the
+Job's podFailurePolicy retries without counting it, and resume from that checkpoint on the next start."""
+import os
+import signal
+import time
+
+import pytest
+import yaml
+
+from trainer_runs import ROOT, committed_steps, run_job, start_job, trainer_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+EXIT_PREEMPTED = 75
+
+
+def grace_period_seconds() -> int:
+    documents = yaml.safe_load_all((ROOT / "k8s" / "job.yaml").read_text())
+    job = next(d for d in documents if d and d.get("kind") == "Job")
+    return job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
+# checkpoint.every_steps is large: the only mid-epoch checkpoint a run can have is the one SIGTERM makes.
+ARGS = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=3", "train.batch_size=16",
+        "checkpoint.every_steps=100000", "data.validation_split=0"]
+
+
+def digits_steps_per_epoch(batch_size: int) -> int:
+    from job.config import DataConfig
+    from job.data import load_splits
+
+    return len(load_splits(DataConfig(name="digits"), seed=0).x_train) // batch_size
+
+
+def terminate_mid_training(run_dir, env, log_path, has_started):
+    process = start_job("train", *ARGS, f"run.dir={run_dir}", env=env, log_path=log_path)
+    wait_for(has_started, timeout=300, process=process, what="training to start")
+    time.sleep(2)  # inside the first epochs (about 90 steps of 16 images each)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=grace_period_seconds())
+    return code, time.monotonic() - sent
+
+
+def test_sigterm_commits_within_the_grace_period_and_resumes_locally(tmp_path):
+    run = tmp_path / "run"
+    started = lambda: list((run / "logs" / "train").glob("events.*"))  # noqa: E731 - written as training starts
+    code, seconds = terminate_mid_training(run, trainer_env(), tmp_path / "first.log", started)
+    log = (tmp_path / "first.log").read_text()
+    assert code == EXIT_PREEMPTED, log[-3000:]
+    assert "SIGTERM received" in log
+    steps = committed_steps(run)
+    assert steps and steps[-1] % digits_steps_per_epoch(16) != 0, f"a mid-epoch checkpoint from SIGTERM, got {steps}"
+    print(f"SIGTERM to exit: {seconds:.1f} s (grace period {grace_period_seconds()} s)")
+
+    again = run_job("train", *ARGS, f"run.dir={run}", "train.epochs=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from step {steps[-1]}" in again.stderr
+
+
+def test_sigterm_with_a_bucket_commits_the_checkpoint_in_the_bucket(tmp_path, gcs_bucket):
+    from job.storage import open_storage
+
+    url = f"{gcs_bucket}/run"
+    env = trainer_env(STORAGE_EMULATOR_HOST=os.environ["STORAGE_EMULATOR_HOST"])
+    bucket = open_storage(url)
+    started = lambda: bool(bucket.list("config.yaml"))  # noqa: E731 - stored just before training starts
+    code, seconds = terminate_mid_training(url, env, tmp_path / "first.log", started)
+    log = (tmp_path / "first.log").read_text()
+    assert code == EXIT_PREEMPTED, log[-3000:]
+    commits = [p for p in bucket.list("checkpoints/") if p.endswith(".commit.json")]
+    assert commits, bucket.list()
+    print(f"SIGTERM to exit with uploads: {seconds:.1f} s (grace period {grace_period_seconds()} s)")
+
+    step = max(int(p.split("ckpt-")[1].split(".")[0]) for p in commits)
+    again = run_job("train", *ARGS, f"run.dir={url}", f"run.work_dir={tmp_path / 'fresh'}", "train.epochs=1",
+                    env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from step {step}" in again.stderr
