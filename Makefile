@@ -23,7 +23,8 @@ $(VENV)/.installed: setup.py requirements.txt
 
 $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt $(wildcard tests/tools/install.sh)
 	$(PY) -m pip install -q -r requirements-dev.txt
-	if [ -f tests/tools/install.sh ]; then VENV=$(VENV) bash tests/tools/install.sh; fi
+	VENV=$(VENV) bash tests/tools/install.sh
+	bash docker/build-horovod.sh --python $(PY)
 	touch $@
 
 ## train the preset CONFIG (default cifar100_resnet18) with ARGS="key=value ..." into runs/<preset>; rerun resumes

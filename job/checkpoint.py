@@ -2,12 +2,15 @@
 
 Stored layout under the run URL (a plain TF checkpoint directory, so tf.train.latest_checkpoint works on it):
 
-    checkpoints/ckpt-<step>.index, checkpoints/ckpt-<step>.data-*   written by tf.train.Checkpoint.write
-    checkpoints/ckpt-<step>.commit.json                           file names, sizes, CRC32C, metrics; written LAST
-    checkpoints/checkpoint                                        TF's state file, listing the kept checkpoints
+    checkpoints/<prefix>.index, checkpoints/<prefix>.data-*   written by tf.train.Checkpoint.write
+    checkpoints/ckpt-<step>.commit.json                     its prefix, file names, sizes, CRC32C, metrics; written LAST
+    checkpoints/checkpoint                                  TF's state file, listing the kept checkpoints' prefixes
 
-The commit object is created with create-if-absent (GCS generation precondition 0, or a hard link locally), so two
-trainers writing the same step cannot both commit it. Readers take the newest commit whose files verify.
+<prefix> is ckpt-<step> in a local run directory and ckpt-<step>-<writer> on gs://, where <writer> is 8 hex digits
+unique to the process: two trainers on one bucket never write the same data file, so the one that loses the commit
+cannot overwrite the files of the one that won. The commit object is created with create-if-absent (GCS generation
+precondition 0, or a hard link locally), so two trainers writing the same step cannot both commit it. Readers take the
+newest commit whose files verify.
 """
 from __future__ import annotations
 
@@ -30,8 +33,9 @@ log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"
 BEST_METRIC = "val_top1"
 _COMMIT_RE = re.compile(r"ckpt-(\d+)\.commit\.json")
-_DATA_RE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)")  # what tf.train.Checkpoint.write leaves
-_LEFTOVER_RE = re.compile(r"ckpt-(\d+)(\.|_temp/)(?!commit\.json$)")  # any file of a checkpoint but its commit
+_PREFIX_RE = re.compile(r"ckpt-(\d+)(?:-[0-9a-f]{8})?")
+_DATA_RE = re.compile(r"(ckpt-(\d+)(?:-[0-9a-f]{8})?)\.(?:index|data-\d+-of-\d+)")  # what Checkpoint.write leaves
+_FILE_RE = re.compile(r"(ckpt-(\d+)(?:-[0-9a-f]{8})?)(?:\.|_temp/)(?!commit\.json$)")  # any file but a commit
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ def _commit_path(step: int) -> str:
     return f"{CKPT_DIR}/{_name(step)}.commit.json"
 
 
+def _checkpoint_file(relpath: str) -> tuple[int, str] | None:
+    """(step, prefix) of a checkpoint data file or TF temp file under checkpoints/; None for anything else."""
+    match = _FILE_RE.match(relpath[len(CKPT_DIR) + 1:]) if relpath.startswith(f"{CKPT_DIR}/") else None
+    return (int(match.group(2)), match.group(1)) if match else None
+
+
 class CheckpointStore:
     def __init__(self, run: RunDir, keep: int = 3):
         if keep < 1:
@@ -62,10 +72,11 @@ class CheckpointStore:
         self.storage = run.storage  # the run URL (the run directory itself for local runs)
         self.working = LocalStorage(run.local)  # the local working copy (== storage's folder for local runs)
         self.dir = run.local / CKPT_DIR
-        self._writer = uuid.uuid4().hex  # makes this store's commit objects unique, so a conflict is visible
+        self._writer = uuid.uuid4().hex  # makes this store's commit objects (and remote file names) unique
         self._manifests: dict[int, dict] = {}  # step -> parsed commit object, for steps known committed
         self._damaged: set[int] = set()  # committed steps latest()/best() found damaged; save() may replace them
-        self._saved: set[int] = set()  # steps this store has saved (committed or queued)
+        self._saved: dict[int, str] = {}  # step -> local prefix, for steps this store saved (committed or queued)
+                                          # or restored
 
     # ------------------------------------------------------------------------------------------------ writing
 
@@ -75,31 +86,33 @@ class CheckpointStore:
         self.run.raise_if_failed()
         if step in self._saved:  # e.g. a final save right after a periodic one: the state is the same
             log.debug("checkpoint %s already saved", _name(step))
-            return str(self.dir / _name(step))
+            return self._saved[step]
         if not self.run.is_remote:
             self._check_not_committed_by_other(step, ours=None)  # before writing over another writer's files
-        prefix = ckpt.write(str(self.dir / _name(step)))
-        self._saved.add(step)
+        name = f"{_name(step)}-{self._writer[:8]}" if self.run.is_remote else _name(step)
+        prefix = ckpt.write(str(self.dir / name))
+        self._saved[step] = prefix
         metrics = {k: _plain(v) for k, v in (metrics or {}).items()}
         commit = {}  # built on first run of the task; a retried task reuses the same bytes
 
         def commit_task() -> None:
             if not commit:
-                commit["data"] = self._commit_object(step, metrics)
+                commit["data"] = self._commit_object(step, name, metrics)
             self._commit(step, commit["data"])
 
         self.run.submit(commit_task, what=f"checkpoint {_name(step)}")
         return prefix
 
-    def _commit_object(self, step: int, metrics: dict) -> bytes:
+    def _commit_object(self, step: int, name: str, metrics: dict) -> bytes:
         files = []
-        for path in sorted(self.dir.glob(f"{_name(step)}.*")):
-            if _DATA_RE.fullmatch(path.name):
+        for path in sorted(self.dir.glob(f"{name}.*")):
+            match = _DATA_RE.fullmatch(path.name)
+            if match and match.group(1) == name:
                 files.append({"name": path.name, "size": path.stat().st_size, "crc32c": crc32c_of_file(path)})
-        if not any(f["name"].endswith(".index") for f in files):
-            raise UserError(f"checkpoint {self.dir / _name(step)} vanished from the working copy before it was "
+        if not any(f["name"] == f"{name}.index" for f in files):
+            raise UserError(f"checkpoint {self.dir / name} vanished from the working copy before it was "
                             f"committed; something else deletes files in {self.run.local}")
-        return json.dumps({"format": 1, "step": step, "prefix": _name(step), "files": files, "metrics": metrics,
+        return json.dumps({"format": 2, "step": step, "prefix": name, "files": files, "metrics": metrics,
                            "writer": self._writer, "time": time.time()}, indent=1).encode()
 
     def _check_not_committed_by_other(self, step: int, ours: bytes | None) -> bool:
@@ -149,24 +162,36 @@ class CheckpointStore:
         ranked = self._by_metric(committed)
         if ranked and ranked[0] not in kept:
             kept = sorted(kept + ranked[:1])
-        self._write_state_file(kept)
+        prefixes = {s: self._prefix_of(s) for s in kept}
+        self._write_state_file([prefixes[s] for s in kept if prefixes[s]])
         for old in sorted(committed - set(kept)):
             self._remove(old, why=f"keeping the newest {self.keep} and the best")
         for bad in sorted(self._damaged):
             self._forget_damaged(bad)
-        # Files of checkpoints that never got committed (a trainer killed mid-upload) and are older than this one.
+        # Files no commit names, up to this step: from trainers killed mid-upload, replaced damaged checkpoints, or
+        # another trainer that lost a commit. (Later steps may still be on their way to a commit.)
         names = self.storage.list(f"{CKPT_DIR}/ckpt-")
         if self.run.is_remote:
             names += self.working.list(f"{CKPT_DIR}/ckpt-")
         for relpath in sorted(set(names)):
-            match = _LEFTOVER_RE.match(relpath[len(CKPT_DIR) + 1:])
-            if match and int(match.group(1)) < step and int(match.group(1)) not in committed:
+            found = _checkpoint_file(relpath)
+            if found and found[0] <= step and prefixes.get(found[0]) != found[1]:
                 self.storage.delete(relpath)
                 self.working.delete(relpath)
 
-    def _write_state_file(self, kept: list[int]) -> None:
-        lines = [f'model_checkpoint_path: "{_name(kept[-1])}"']
-        lines += [f'all_model_checkpoint_paths: "{_name(s)}"' for s in kept]
+    def _prefix_of(self, step: int) -> str | None:
+        """The prefix a committed step's commit object names; None if it is unreadable or gone."""
+        try:
+            manifest = self._manifest(step)
+        except _Damaged:
+            return None
+        return manifest["prefix"] if manifest else None
+
+    def _write_state_file(self, prefixes: list[str]) -> None:
+        if not prefixes:
+            return
+        lines = [f'model_checkpoint_path: "{prefixes[-1]}"']
+        lines += [f'all_model_checkpoint_paths: "{p}"' for p in prefixes]
         text = ("\n".join(lines) + "\n").encode()
         self.working.write_bytes(f"{CKPT_DIR}/checkpoint", text)
         if self.run.is_remote:
@@ -186,8 +211,10 @@ class CheckpointStore:
         log.info("removing checkpoint %s/%s/%s: %s", self.run.url, CKPT_DIR, _name(step), why)
         for storage in (self.storage, self.working) if self.run.is_remote else (self.storage,):
             storage.delete(_commit_path(step))  # uncommitted first, so no reader picks it up half-deleted
-            for relpath in storage.list(f"{CKPT_DIR}/{_name(step)}."):
-                storage.delete(relpath)
+            for relpath in storage.list(f"{CKPT_DIR}/{_name(step)}"):
+                found = _checkpoint_file(relpath)
+                if found and found[0] == step:
+                    storage.delete(relpath)
         self._manifests.pop(step, None)
 
     # ------------------------------------------------------------------------------------------------ reading
@@ -209,12 +236,16 @@ class CheckpointStore:
                 return None
             try:
                 manifest = json.loads(data)
-                assert manifest["step"] == step and isinstance(manifest.get("metrics", {}), dict)
-                assert any(f["name"] == f"{_name(step)}.index" for f in manifest["files"])
+                manifest.setdefault("prefix", _name(step))  # format 1 wrote ckpt-<step> files only
+                prefix = _PREFIX_RE.fullmatch(manifest["prefix"])
+                assert prefix and int(prefix.group(1)) == step and manifest["step"] == step
+                assert isinstance(manifest.setdefault("metrics", {}), dict)
+                assert any(f["name"] == f"{manifest['prefix']}.index" for f in manifest["files"])
                 for f in manifest["files"]:
-                    assert _DATA_RE.fullmatch(f["name"]) and _DATA_RE.fullmatch(f["name"]).group(1) == str(step)
+                    match = _DATA_RE.fullmatch(f["name"])
+                    assert match and match.group(1) == manifest["prefix"]
                     assert isinstance(f["size"], int) and isinstance(f["crc32c"], int)
-            except (ValueError, KeyError, TypeError, AssertionError):
+            except (ValueError, KeyError, TypeError, AttributeError, AssertionError):
                 raise _Damaged("its commit object is not valid JSON of the expected form") from None
             self._manifests[step] = manifest
         return self._manifests[step]
@@ -252,7 +283,7 @@ class CheckpointStore:
                 if not self.storage.exists(_commit_path(step)):
                     return None  # pruned by a writer while we read it
                 raise _Damaged(f"{f['name']}: {problem}")
-        return Committed(step=step, prefix=str(self.dir / _name(step)), metrics=dict(manifest["metrics"]))
+        return Committed(step=step, prefix=str(self.dir / manifest["prefix"]), metrics=dict(manifest["metrics"]))
 
     def _first_usable(self, steps: list[int], what: str) -> Committed | None:
         damaged = []
@@ -289,7 +320,7 @@ class CheckpointStore:
             raise UserError(f"checkpoint {committed.prefix} does not match what is being restored (was the model "
                             f"or optimizer config changed?): {str(e).splitlines()[0][:200]}") from None
         status.expect_partial()  # values of objects not built yet (e.g. optimizer slots) are restored when they are
-        self._saved.add(committed.step)  # saving this step again (e.g. preempted right after resuming) is a no-op
+        self._saved[committed.step] = committed.prefix  # saving it again (preempted right after resuming): a no-op
 
 
 def _mismatch(path: Path, expected: dict) -> str:

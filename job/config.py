@@ -284,6 +284,11 @@ def _coerce(value: Any, t: Any, key: str) -> Any:
     elif t is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif t is str:
         if isinstance(value, str):
             return value

@@ -2,8 +2,9 @@
 
 Training never waits on the network: `publish` queues an upload and returns. Uploads run in the order they were
 queued (the checkpoint commit protocol relies on that), each retried until it succeeds, so an outage longer than the
-storage retry budget only delays them; `close` waits for the queue within a bounded time. For a local run directory
-the working copy *is* the run directory and every method is a cheap no-op.
+storage retry budget only delays them; `close` waits for the queue within a bounded time. A task that fails with a
+UserError (another trainer committed first) stops the mirror: nothing more of this process is stored in the run. For a
+local run directory the working copy *is* the run directory and every method is a cheap no-op.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from job.errors import UserError
-from job.storage import DEFAULT_RETRY_SECONDS, LocalStorage, Storage, open_storage
+from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ class RunDir:
 
     @classmethod
     def open(cls, url: str, work_dir: str = "", flush_seconds: float = 60.0,
-             retry_seconds: float = DEFAULT_RETRY_SECONDS) -> "RunDir":
-        """Check the run URL is usable (a one-line UserError if not) and set up the local working copy."""
+             retry_seconds: float | None = None) -> "RunDir":
+        """Check the run URL is usable (a one-line UserError if not) and set up the local working copy.
+        `retry_seconds`: budget of each storage call (default: storage.default_retry_seconds())."""
         storage = open_storage(url, retry_seconds=retry_seconds)
         storage.preflight()
         if storage.is_remote:
@@ -109,7 +111,8 @@ class RunDir:
 
     def submit(self, task: Callable[[], None], what: str) -> None:
         """Run `task` on the upload thread after everything queued before it (inline for local runs). It is retried
-        until it returns, except that a UserError it raises is kept and re-raised by raise_if_failed() and close()."""
+        until it returns, except that a UserError it raises is kept and re-raised by raise_if_failed() and close(),
+        and everything queued after it is dropped (this process must not write to a run someone else owns)."""
         if not self.is_remote:
             task()
             return
@@ -171,6 +174,9 @@ class RunDir:
         with self._cv:
             if self._stopped:
                 raise RuntimeError(f"{self!r} is closed")
+            if self._failures:
+                log.debug("not storing %s: an earlier background task failed", task.what)
+                return
             if task.key is not None:
                 if task.key in self._queued_keys:
                     return  # it will be read when its turn comes, so the newest content goes up anyway
@@ -234,7 +240,12 @@ class RunDir:
                 log.error("%s: %s", task.what, e)
                 with self._cv:
                     self._failures.append(e)
-                self._done(task)
+                    dropped = [t.what for t in self._queue][1:]
+                    self._queue.clear()
+                    self._queued_keys.clear()
+                    self._cv.notify_all()
+                if dropped:
+                    log.warning("not storing %d queued item(s) in %s after that error", len(dropped), self.url)
             except Exception as e:  # transient beyond the storage retry budget: keep it queued and try again
                 attempt += 1
                 if failing_since is None:

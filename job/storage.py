@@ -2,8 +2,8 @@
 
 GCS access uses the google-cloud-storage client: anonymous credentials against $STORAGE_EMULATOR_HOST when that is
 set (tests, fake-gcs-server), Application Default Credentials otherwise. Transient errors (connection reset/refused,
-timeouts, 429, 5xx) are retried with exponential backoff and full jitter until `retry_seconds` run out; then the call
-raises.
+timeouts, 429, 5xx) are retried with exponential backoff and full jitter until `retry_seconds` run out (default: 120 s,
+or $JOB_STORAGE_RETRY_SECONDS); then the call raises.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import google_crc32c
 from job.errors import UserError
 
 DEFAULT_RETRY_SECONDS = 120.0
+RETRY_SECONDS_ENV = "JOB_STORAGE_RETRY_SECONDS"  # overrides the default retry budget of every gs:// call
 _TEMP_MARK = ".tmp-"  # temp files of atomic writes: ".<name>.tmp-<random>", never listed
 
 
@@ -43,10 +44,24 @@ def crc32c_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> int:
     return int.from_bytes(checksum.digest(), "big")
 
 
-def open_storage(url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> "Storage":
+def default_retry_seconds() -> float:
+    """How long one storage call retries transient errors: $JOB_STORAGE_RETRY_SECONDS, else 120 s."""
+    raw = os.environ.get(RETRY_SECONDS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{RETRY_SECONDS_ENV}={raw!r} is not a positive number of seconds; unset it or give e.g. 120")
+    return value
+
+
+def open_storage(url: str, retry_seconds: float | None = None) -> "Storage":
     """A Storage for a local path or gs://bucket/prefix."""
     if url.startswith("gs://"):
-        return GCSStorage(url, retry_seconds=retry_seconds)
+        return GCSStorage(url, retry_seconds=default_retry_seconds() if retry_seconds is None else retry_seconds)
     if "://" in url:
         raise UserError(f"unsupported storage URL {url!r}: use a local path or gs://BUCKET/PREFIX")
     return LocalStorage(url)
@@ -213,12 +228,17 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
 
 
+def _error_message(e) -> str:
+    """The server's own message of an HTTP error, on one line."""
+    message = getattr(e, "message", "") or str(e)
+    return " ".join(message.split())[:300]
+
+
 class GCSStorage(Storage):
     is_remote = True
     _TIMEOUT = (10.0, 120.0)  # (connect, read) seconds per HTTP request
 
     def __init__(self, url: str, retry_seconds: float = DEFAULT_RETRY_SECONDS):
-        from google.cloud import storage
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         match = re.fullmatch(r"gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(/.*)?", url.rstrip("/"))
@@ -341,6 +361,9 @@ class GCSStorage(Storage):
             raise UserError(f"cannot use {self.url}: {identity} lacks permission {permission} on bucket "
                             f"{self.bucket_name!r}; grant roles/storage.objectAdmin on it to that identity "
                             f"(HTTP {e.code})") from None
+        except api.BadRequest as e:  # e.g. an object name GCS does not accept (longer than 1024 bytes)
+            raise UserError(f"cannot use {self.url}: the storage refused {step} of a test object under it "
+                            f"(HTTP 400: {_error_message(e)}); fix run.dir") from None
         except FileNotFoundError:
             raise UserError(f"cannot use {self.url}: an object written there could not be read back") from None
         except UserError:

@@ -326,7 +326,7 @@ class _Loop:
             rates = _rates(epoch_totals, progress.elapsed, 1)
             log.info("epoch %d/%d  step %d  loss %.4f  top-1 %.4f  top-5 %.4f  %.0f img/s", epoch + 1, total_epochs,
                      int(self.state.step.numpy()), rates["loss"], rates["top1"], rates["top5"],
-                     epoch_totals["count"] * self.backend.num_workers / max(progress.elapsed, 1e-9))
+                     epoch_totals["count"] / max(progress.elapsed, 1e-9))
 
     def _current_lr(self) -> float:
         lr = self.optimizer.learning_rate

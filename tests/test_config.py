@@ -34,7 +34,8 @@ def test_required_keys_exist():
 
 def test_overrides_are_typed_by_the_schema():
     cfg = configlib.load_config("cifar10_resnet20", ["train.epochs=3", "optim.lr=0.05", "data.augment.flip=false",
-                                                     "optim.step_epochs=[1, 2]", "run.dir=/tmp/x"])
+                                                     "optim.step_epochs=[1, 2]", "run.dir=/tmp/x", "model.l2=5e-4"])
+    assert cfg.model.l2 == 5e-4
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.optim.lr == 0.05
     assert cfg.data.augment.flip is False

@@ -1,0 +1,102 @@
+"""Turn the Job in k8s/job.yaml into what `podman kube play` can run: its pod template as a Pod, plus its ConfigMap with
+a tiny training config. podman runs Pods, not Jobs, and has no GPU, no registry and no cluster DNS here.
+
+Everything the rehearsal is meant to test is copied unchanged from the manifest: command, args, env, volume mounts,
+volumes, securityContext (pod and container), restartPolicy, terminationGracePeriodSeconds. Only what cannot work on
+this machine is changed, and each change is listed in `CHANGES` so a reader of the rehearsal log sees them.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GPU = "nvidia.com/gpu"
+CHANGES = (
+    "Job -> Pod: its spec.template as the Pod spec (podman kube play runs Pods, not Jobs)",
+    "image -> the locally built one, imagePullPolicy Never (no registry)",
+    f"resources: {GPU} and the GPU toleration dropped; cpu capped at this machine's cores",
+    "hostNetwork: true (container traffic stays on the host's loopback, where fake-gcs-server listens)",
+    "env RUN_DIR/DATA_DIR -> the fake bucket; STORAGE_EMULATOR_HOST added",
+    "ConfigMap train.yaml -> the manifest's recipe with a tiny model, dataset and step count",
+)
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    if len(found) != 1:
+        raise ValueError(f"expected one {kind}{' ' + name if name else ''} in the manifest, found {len(found)}")
+    return found[0]
+
+
+def trainer_container(pod_spec: dict[str, Any], name: str = "trainer") -> dict[str, Any]:
+    return next(c for c in pod_spec["containers"] if c["name"] == name)
+
+
+def tiny_train_yaml(manifest_yaml: str, overrides: dict[str, dict[str, Any]]) -> str:
+    """The manifest's training YAML with the keys of `overrides` set section by section; everything else the
+    manifest sets (optimizer, run.progress, the SIGTERM upload budget) stays as the cluster would run it."""
+    tree = yaml.safe_load(manifest_yaml)
+    for section, values in overrides.items():
+        tree[section] = {**tree.get(section, {}), **values}
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def rehearsal_docs(job_yaml: Path, *, pod_name: str, image: str, run_dir: str, data_dir: str,
+                   storage_emulator_host: str, train_overrides: dict[str, Any],
+                   cpus: int | None = None) -> list[dict[str, Any]]:
+    """[ConfigMap, Pod] for `podman kube play`, derived from the Job (and its ConfigMap) in `job_yaml`."""
+    docs = load_docs(job_yaml)
+    job = find(docs, "Job")
+    template = copy.deepcopy(job["spec"]["template"])
+    spec = template["spec"]
+    container = trainer_container(spec)
+
+    config_volumes = [v for v in spec.get("volumes", []) if "configMap" in v]
+    if len(config_volumes) != 1:
+        raise ValueError(f"expected one configMap volume in the Job's pod template, found {len(config_volumes)}")
+    configmap = copy.deepcopy(find(docs, "ConfigMap", config_volumes[0]["configMap"]["name"]))
+    (key, recipe), = configmap["data"].items()
+    configmap["data"][key] = tiny_train_yaml(recipe, train_overrides)
+
+    container["image"] = image
+    container["imagePullPolicy"] = "Never"
+    cpus = cpus or os.cpu_count() or 1
+    for kind in ("requests", "limits"):
+        amounts = container.get("resources", {}).get(kind)
+        if amounts is None:
+            continue
+        amounts.pop(GPU, None)
+        if "cpu" in amounts and _cpu_cores(amounts["cpu"]) > cpus:  # podman refuses more CPUs than the host has
+            amounts["cpu"] = str(cpus)
+    spec["tolerations"] = [t for t in spec.get("tolerations", []) if t.get("key") != GPU]
+    if not spec["tolerations"]:
+        del spec["tolerations"]
+    spec["hostNetwork"] = True
+
+    replacements = {"RUN_DIR": run_dir, "DATA_DIR": data_dir}
+    env = container.setdefault("env", [])
+    for item in env:
+        if item["name"] in replacements:
+            item["value"] = replacements.pop(item["name"])
+    if replacements:
+        raise ValueError(f"the trainer container has no env {', '.join(replacements)}: the rehearsal cannot redirect "
+                         "it to the fake bucket")
+    env.append({"name": "STORAGE_EMULATOR_HOST", "value": storage_emulator_host})
+
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": pod_name, "labels": template.get("metadata", {}).get("labels", {})},
+           "spec": spec}
+    return [configmap, pod]
+
+
+def _cpu_cores(quantity: str | int | float) -> float:
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)

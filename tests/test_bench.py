@@ -1,0 +1,60 @@
+"""The benchmark harness (bench/) in its tiny mode: every section runs in real worker processes and real trainer
+processes against a real fake-gcs-server, and the table and JSON have their structure. No timing assertions:
+benchmarks are not tests."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED = {  # section -> a phrase each of its figures' names must contain, one figure per phrase
+    "training": ["job loop vs Keras fit"],
+    "pipeline": ["1 thread vs all", "vs what the simple_cnn loop consumes"],
+    "checkpoint": ["local save vs TF write", "gs:// vs local save", "resumed vs fresh start", "vs one epoch"],
+}
+
+
+@pytest.mark.slow
+def test_tiny_bench_prints_one_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--out", str(out)], cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    result = json.loads(out.read_text())
+    assert result["mode"] == "tiny" and result["errors"] == []
+    machine = result["machine"]
+    assert machine["cpu_model"] and machine["logical_cores"] >= 1 and machine["tensorflow"]
+    assert isinstance(machine["gpus"], list) and len(machine["load_average"]) == 3
+
+    figures = result["figures"]
+    for section, phrases in EXPECTED.items():
+        names = [f["name"] for f in figures if f["section"] == section]
+        for phrase in phrases:
+            assert sum(phrase in name for name in names) == 1, (phrase, names)
+    for f in figures:
+        for key in ("value", "baseline", "ratio"):
+            summary = f[key]
+            assert summary["low"] <= summary["median"] <= summary["high"] and summary["median"] > 0, (f["name"], key)
+        assert f["met"] in (True, False, None)
+    training = next(f for f in figures if f["section"] == "training")
+    assert training["value"]["n"] == result["settings"]["repeats"] == len(training["details"]["loop"])
+    assert set(training["peak_rss_mb"]) == {"loop", "fit"} and min(training["peak_rss_mb"].values()) > 0
+    resume = next(f for f in figures if "resumed vs fresh start" in f["name"])
+    assert resume["details"]["resumed"]["first_step"] > resume["details"]["fresh"]["first_step"]
+
+    # one Markdown table on stdout: header, rule, one row per figure, in the JSON's order
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| figure"))
+    rows = lines[header + 2:header + 2 + len(figures)]
+    assert lines[header + 1].startswith("|--")
+    assert [row.split("|")[1].strip() for row in rows] == [f["name"] for f in figures]
+    assert result["table"].splitlines() == lines[header:header + 2 + len(figures)]
+    assert f"results written to {out}" in proc.stdout

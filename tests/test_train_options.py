@@ -1,0 +1,57 @@
+"""Training options run end to end, and the multi-replica loss convention gives the same model as one replica."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer_runs import committed_steps, run_job
+
+pytestmark = pytest.mark.slow
+
+BASE = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=1", "train.batch_size=32",
+        "train.max_steps_per_epoch=6", "train.eval_batch_size=400"]
+
+
+@pytest.mark.parametrize("options", [
+    ["optim.name=adamw", "optim.label_smoothing=0.1", "optim.clip_norm=1.0", "optim.schedule=constant"],
+    ["optim.schedule=step", "optim.step_epochs=[0.5]", "optim.warmup_epochs=0.2", "data.augment.rotation_degrees=10",
+     "data.augment.zoom=0.1", "data.augment.cutout=8"],
+    ["train.precision=mixed_bfloat16", "train.jit_compile=true"],
+    ["train.precision=mixed_float16"],
+    ["model.name=elu11", "data.normalization=gcn_zca", "model.l2=5e-4", "optim.weight_decay=0"],
+    ["train.epochs=4", "train.early_stopping_patience=1", "optim.lr=100", "data.validation_split=0.2"],
+], ids=["adamw-smoothing-clip", "step-warmup-augment", "bf16-xla", "fp16-loss-scale", "elu11-zca-l2",
+        "early-stopping"])
+def test_option_trains_and_evaluates(tmp_path, options):
+    result = run_job("train", *BASE, *options, f"run.dir={tmp_path}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert np.isfinite(metrics["loss"]) or "optim.lr=100" in options
+    if "train.early_stopping_patience=1" in options:
+        assert "early stopping" in result.stderr
+        assert metrics["step"] < 4 * 6
+
+
+def final_weights(run_dir):
+    prefix = str(run_dir / "checkpoints" / f"ckpt-{committed_steps(run_dir)[-1]}")
+    return {n: tf.train.load_variable(prefix, n) for n, _ in tf.train.list_variables(prefix)
+            if "_trainable_variables" in n}
+
+
+def test_two_replicas_of_batch_b_equal_one_replica_of_batch_2b(tmp_path):
+    """The loss is divided by the global batch and replica gradients are summed: splitting a batch over replicas
+    must not change the update (no batch norm, no dropout, no augmentation, so nothing else differs)."""
+    same = [*BASE, "model.dropout=0", "data.augment.crop_padding=0", "data.augment.flip=false",
+            "train.deterministic=true", "optim.clip_norm=0.5"]
+    one = run_job("train", *same, "distribute.backend=single", f"run.dir={tmp_path / 'one'}")
+    two = run_job("train", *same, "distribute.backend=mirrored", "distribute.cpu_devices=2",
+                  f"run.dir={tmp_path / 'two'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "on 2 replica(s) (mirrored backend)" in two.stderr
+    a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) >= 8
+    for name in a:
+        # Summation order differs between one batch and two halves: float32 rounding only.
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
