@@ -45,8 +45,8 @@ class Committed:
     metrics: dict = field(default_factory=dict)
 
 
-class _Damaged(Exception):
-    """A committed checkpoint whose files do not match its commit object."""
+class DamagedCheckpoint(Exception):
+    """A committed checkpoint whose commit object is unreadable or whose files do not match it."""
 
 
 def _name(step: int) -> str:
@@ -135,14 +135,18 @@ class CheckpointStore:
     def _commit(self, step: int, data: bytes) -> None:
         if self.run.is_remote:
             if not self._check_not_committed_by_other(step, ours=data):
+                uploaded = []
                 for f in json.loads(data)["files"]:
                     if not (self.dir / f["name"]).is_file():
                         raise UserError(f"checkpoint file {self.dir / f['name']} vanished from the working copy "
                                         f"before it was uploaded; something else deletes files in {self.run.local}")
                     self.storage.put_file(self.dir / f["name"], f"{CKPT_DIR}/{f['name']}")
+                    uploaded.append(f"{CKPT_DIR}/{f['name']}")
                 try:
                     self.storage.write_bytes(_commit_path(step), data, if_absent=True)
                 except AlreadyExistsError:
+                    for relpath in uploaded:  # names only this writer uses: nobody else's checkpoint is touched
+                        self.storage.delete(relpath)
                     raise self._conflict(step) from None
             self.working.write_bytes(_commit_path(step), data)  # the working copy mirrors the stored layout
         else:
@@ -155,7 +159,7 @@ class CheckpointStore:
 
     def _after_commit(self, step: int) -> None:
         """Point TF's state file at the kept checkpoints, then prune the rest (commit object first)."""
-        committed = set(self._committed_steps()) - self._damaged
+        committed = set(self.committed_steps()) - self._damaged
         if not committed:
             return
         kept = sorted(committed)[-self.keep:]
@@ -183,7 +187,7 @@ class CheckpointStore:
         """The prefix a committed step's commit object names; None if it is unreadable or gone."""
         try:
             manifest = self._manifest(step)
-        except _Damaged:
+        except DamagedCheckpoint:
             return None
         return manifest["prefix"] if manifest else None
 
@@ -219,7 +223,8 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------------------------------------ reading
 
-    def _committed_steps(self) -> list[int]:
+    def committed_steps(self) -> list[int]:
+        """Steps that have a commit object, oldest first (not verified)."""
         steps = []
         for relpath in self.storage.list(f"{CKPT_DIR}/ckpt-"):
             match = _COMMIT_RE.fullmatch(relpath.rsplit("/", 1)[-1])
@@ -228,7 +233,7 @@ class CheckpointStore:
         return sorted(steps)
 
     def _manifest(self, step: int) -> dict | None:
-        """The commit object of `step`; None if it vanished (pruned meanwhile). Raises _Damaged if unreadable."""
+        """The commit object of `step`; None if it vanished (pruned meanwhile). Raises DamagedCheckpoint if unreadable."""
         if step not in self._manifests:
             try:
                 data = self.storage.read_bytes(_commit_path(step))
@@ -246,7 +251,7 @@ class CheckpointStore:
                     assert match and match.group(1) == manifest["prefix"]
                     assert isinstance(f["size"], int) and isinstance(f["crc32c"], int)
             except (ValueError, KeyError, TypeError, AttributeError, AssertionError):
-                raise _Damaged("its commit object is not valid JSON of the expected form") from None
+                raise DamagedCheckpoint("its commit object is not valid JSON of the expected form") from None
             self._manifests[step] = manifest
         return self._manifests[step]
 
@@ -256,14 +261,15 @@ class CheckpointStore:
         for step in steps:
             try:
                 value = (self._manifest(step) or {}).get("metrics", {}).get(BEST_METRIC)
-            except _Damaged:
+            except DamagedCheckpoint:
                 continue
             if isinstance(value, (int, float)):
                 scored.append((value, step))
         return [step for _, step in sorted(scored, reverse=True)]
 
-    def _verify(self, step: int) -> Committed | None:
-        """The checkpoint as a local prefix once its files match the commit object (downloaded if need be)."""
+    def verify(self, step: int) -> Committed | None:
+        """The committed checkpoint `step` as a local prefix once its files match its commit object (downloaded for
+        remote runs); None if it is not committed (or was pruned meanwhile). Raises DamagedCheckpoint."""
         manifest = self._manifest(step)
         if manifest is None:
             return None
@@ -282,15 +288,15 @@ class CheckpointStore:
             if problem:
                 if not self.storage.exists(_commit_path(step)):
                     return None  # pruned by a writer while we read it
-                raise _Damaged(f"{f['name']}: {problem}")
+                raise DamagedCheckpoint(f"{f['name']}: {problem}")
         return Committed(step=step, prefix=str(self.dir / manifest["prefix"]), metrics=dict(manifest["metrics"]))
 
     def _first_usable(self, steps: list[int], what: str) -> Committed | None:
         damaged = []
         for step in steps:
             try:
-                found = self._verify(step)
-            except _Damaged as e:
+                found = self.verify(step)
+            except DamagedCheckpoint as e:
                 damaged.append((step, str(e)))
                 self._damaged.add(step)
                 continue
@@ -306,11 +312,11 @@ class CheckpointStore:
 
     def latest(self) -> Committed | None:
         """The newest committed checkpoint whose files verify (remote runs: downloaded into the working copy)."""
-        return self._first_usable(sorted(self._committed_steps(), reverse=True), "committed")
+        return self._first_usable(sorted(self.committed_steps(), reverse=True), "committed")
 
     def best(self) -> Committed | None:
         """The committed checkpoint with the highest metrics['val_top1'] among those that verify."""
-        return self._first_usable(self._by_metric(self._committed_steps()), "scored")
+        return self._first_usable(self._by_metric(self.committed_steps()), "scored")
 
     def restore(self, ckpt: tf.train.Checkpoint, committed: Committed) -> None:
         status = ckpt.read(committed.prefix)

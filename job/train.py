@@ -6,6 +6,7 @@ an epoch are pure functions of (seed, epoch, batch index), and model, optimizer 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from job import data as datalib
@@ -22,13 +22,14 @@ from job import models as modellib
 from job.checkpoint import CheckpointStore
 from job.config import Config
 from job.distribute import Backend, make_backend
-from job.errors import EXIT_OK, EXIT_PREEMPTED
+from job.errors import EXIT_OK, EXIT_PREEMPTED, UserError
 from job.evaluate import evaluate_and_store
 from job.optim import make_optimizer
 from job.progress import EpochProgress
 from job.rundir import RunDir
 from job.runfiles import build_full_model, export_model, prepare_run_config
 from job.runtime import configure
+from job.summaries import SummaryWriters
 
 log = logging.getLogger("job")
 
@@ -128,7 +129,7 @@ def train(cfg: Config) -> int:
     backend.broadcast_initial_state(model.variables + optimizer.variables)
     _check_same_step(backend, int(state.step.numpy()))
 
-    writers = _SummaryWriters(run, cfg) if backend.is_chief else None
+    writers = SummaryWriters(run, cfg) if backend.is_chief else None
     loop = _Loop(cfg, backend, model, optimizer, state, splits, steps_per_epoch, writers)
 
     saved_step = int(state.step.numpy()) if latest is not None else -1
@@ -210,6 +211,7 @@ class _Loop:
         self._phase = None
         self._images_logged = False
         self._first_step_logged = False
+        self._bad_intervals = 0
 
     # --- the step ---------------------------------------------------------------------------------------------
     def _make_step_fn(self):
@@ -316,6 +318,7 @@ class _Loop:
                                 images_per_second=stats["images_per_second"])
                 if self.writers:
                     self.writers.log_train(step, stats, lr)
+                self._check_diverged(stats["loss"], step, lr)
                 interval_start, interval_steps = time.perf_counter(), 0
             if stop:
                 break
@@ -327,6 +330,14 @@ class _Loop:
             log.info("epoch %d/%d  step %d  loss %.4f  top-1 %.4f  top-5 %.4f  %.0f img/s", epoch + 1, total_epochs,
                      int(self.state.step.numpy()), rates["loss"], rates["top1"], rates["top5"],
                      epoch_totals["count"] / max(progress.elapsed, 1e-9))
+
+    def _check_diverged(self, loss: float, step: int, lr: float) -> None:
+        """Stop a run whose loss stays NaN/inf: every later step would be wasted GPU time. One bad interval is
+        tolerated (float16 loss scaling skips an overflowing step and recovers by itself)."""
+        self._bad_intervals = 0 if math.isfinite(loss) else self._bad_intervals + 1
+        if self._bad_intervals >= 2:
+            raise UserError(f"training diverged: the loss is {loss} at step {step} (learning rate {lr:.3g}); lower "
+                            "optim.lr, add optim.warmup_epochs or optim.clip_norm, and start a new run.dir")
 
     def _current_lr(self) -> float:
         lr = self.optimizer.learning_rate
@@ -370,47 +381,3 @@ def _rates(sums: dict[str, float], elapsed: float, steps: int) -> dict[str, floa
     return {"loss": sums["loss_sum"] / count, "top1": sums["correct1"] / count, "top5": sums["correct5"] / count,
             "images_per_second": sums["count"] / max(elapsed, 1e-9),
             "step_seconds": elapsed / max(steps, 1)}
-
-
-class _SummaryWriters:
-    """TensorBoard event files under <run>/logs/{train,validation,eval}, uploaded while the run goes on."""
-
-    def __init__(self, run: RunDir, cfg: Config):
-        flush_ms = int(cfg.run.summary_flush_seconds * 1000)
-        logs = run.local / "logs"
-        self.train = tf.summary.create_file_writer(str(logs / "train"), flush_millis=flush_ms)
-        self.val = tf.summary.create_file_writer(str(logs / "validation"), flush_millis=flush_ms)
-        self.eval = tf.summary.create_file_writer(str(logs / "eval"), flush_millis=flush_ms)
-        run.watch("logs")
-
-    def log_train(self, step: int, stats: dict[str, float], lr: float) -> None:
-        with self.train.as_default(step=step):
-            tf.summary.scalar("loss", stats["loss"])
-            tf.summary.scalar("top1", stats["top1"])
-            tf.summary.scalar("top5", stats["top5"])
-            tf.summary.scalar("learning_rate", lr)
-            tf.summary.scalar("images_per_second", stats["images_per_second"])
-            tf.summary.scalar("step_seconds", stats["step_seconds"])
-
-    def log_scalar(self, name: str, value: float, step: int) -> None:
-        with self.train.as_default(step=step):
-            tf.summary.scalar(name, value)
-
-    def log_validation(self, step: int, metrics: dict[str, float]) -> None:
-        with self.val.as_default(step=step):
-            tf.summary.scalar("loss", metrics["val_loss"])
-            tf.summary.scalar("top1", metrics["val_top1"])
-            tf.summary.scalar("top5", metrics["val_top5"])
-        self.val.flush()
-
-    def log_images(self, batch, step: int) -> None:
-        images = batch[0]
-        if hasattr(images, "values"):  # a per-replica batch: show the first replica's part
-            images = images.values[0]
-        with self.train.as_default(step=step):
-            tf.summary.image("augmented_inputs", datalib.augmented_grid(images), step=step)
-
-    def close(self) -> None:
-        for writer in (self.train, self.val, self.eval):
-            writer.flush()
-            writer.close()

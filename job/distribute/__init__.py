@@ -5,6 +5,7 @@ import os
 
 from job.config import Config
 from job.distribute.base import Backend, Shard
+from job.distribute.versions import check_versions
 from job.errors import ConfigError
 
 __all__ = ["Backend", "Shard", "make_backend"]
@@ -14,6 +15,7 @@ def make_backend(cfg: Config) -> Backend:
     name = cfg.distribute.backend
     if name == "auto":
         name = _detect()
+    check_versions(name)  # a wrong TF/Keras/Horovod combination fails obscurely inside a collective otherwise
     if name == "single":
         from job.distribute.local import SingleDeviceBackend
 

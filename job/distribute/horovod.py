@@ -14,14 +14,12 @@ import tensorflow as tf
 
 from job.config import DistributeConfig
 from job.distribute.base import Backend
-from job.distribute.versions import check_versions
 
 
 class HorovodBackend(Backend):
     name = "horovod"
 
     def __init__(self, cfg: DistributeConfig) -> None:
-        check_versions(self.name)
         # gloo reads it at init for rendezvous and as the timeout of every collective: a dead peer then fails the
         # survivors after this long instead of hanging. The config is the one place to set it (overrides horovodrun's).
         os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"] = str(max(1, math.ceil(cfg.collective_timeout_seconds)))

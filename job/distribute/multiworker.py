@@ -23,7 +23,6 @@ import tensorflow as tf
 
 from job.config import DistributeConfig
 from job.distribute.base import Backend, Shard
-from job.distribute.versions import check_versions
 from job.errors import ConfigError
 
 
@@ -79,7 +78,6 @@ class MultiWorkerBackend(Backend):
     name = "multiworker"
 
     def __init__(self, cfg: DistributeConfig, env: Mapping[str, str] | None = None) -> None:
-        check_versions(self.name)
         env = os.environ if env is None else env
         self.tf_config = tf_config_from_env(env)
         self._worker_index, self._num_workers = worker_position(self.tf_config)

@@ -1,0 +1,52 @@
+"""TensorBoard event files of a run: <run>/logs/{train,validation,eval}, uploaded while the run goes on."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from job import data as datalib
+from job.config import Config
+from job.rundir import RunDir
+
+
+class SummaryWriters:
+    """One writer per TensorBoard run (train, validation, eval); `run.watch` uploads them every flush interval."""
+
+    def __init__(self, run: RunDir, cfg: Config):
+        flush_ms = int(cfg.run.summary_flush_seconds * 1000)
+        logs = run.local / "logs"
+        self.train = tf.summary.create_file_writer(str(logs / "train"), flush_millis=flush_ms)
+        self.val = tf.summary.create_file_writer(str(logs / "validation"), flush_millis=flush_ms)
+        self.eval = tf.summary.create_file_writer(str(logs / "eval"), flush_millis=flush_ms)
+        run.watch("logs")
+
+    def log_train(self, step: int, stats: dict[str, float], lr: float) -> None:
+        with self.train.as_default(step=step):
+            tf.summary.scalar("loss", stats["loss"])
+            tf.summary.scalar("top1", stats["top1"])
+            tf.summary.scalar("top5", stats["top5"])
+            tf.summary.scalar("learning_rate", lr)
+            tf.summary.scalar("images_per_second", stats["images_per_second"])
+            tf.summary.scalar("step_seconds", stats["step_seconds"])
+
+    def log_scalar(self, name: str, value: float, step: int) -> None:
+        with self.train.as_default(step=step):
+            tf.summary.scalar(name, value)
+
+    def log_validation(self, step: int, metrics: dict[str, float]) -> None:
+        with self.val.as_default(step=step):
+            tf.summary.scalar("loss", metrics["val_loss"])
+            tf.summary.scalar("top1", metrics["val_top1"])
+            tf.summary.scalar("top5", metrics["val_top5"])
+        self.val.flush()
+
+    def log_images(self, batch, step: int) -> None:
+        images = batch[0]
+        if hasattr(images, "values"):  # a per-replica batch: show the first replica's part
+            images = images.values[0]
+        with self.train.as_default(step=step):
+            tf.summary.image("augmented_inputs", datalib.augmented_grid(images), step=step)
+
+    def close(self) -> None:
+        for writer in (self.train, self.val, self.eval):
+            writer.flush()
+            writer.close()

@@ -1,0 +1,424 @@
+"""End to end on gs://: the real trainer as a process against a real fake-gcs-server, killed, corrupted, cut off from
+its bucket and doubled, as a preemptible cluster would do it."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json
+import logging
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from job.checkpoint import CheckpointStore
+from job.errors import UserError
+from job.rundir import RunDir
+from job.storage import open_storage
+
+try:  # tests/ is on sys.path (conftest.py)
+    from ckpt_kill_writer import make_checkpoint, set_state
+    from gcs_server import gcs_bucket, gcs_durable_server, gcs_server  # noqa: F401  (fixtures)
+    from trainer_runs import kill_hard, run_job, start_job, trainer_env, wait_for
+except ImportError:
+    from tests.ckpt_kill_writer import make_checkpoint, set_state
+    from tests.gcs_server import gcs_bucket, gcs_durable_server, gcs_server  # noqa: F401
+    from tests.trainer_runs import kill_hard, run_job, start_job, trainer_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+# simple_cnn with dropout on digits: 10 MB checkpoints (uploads take a while) and every kind of state a resume must
+# restore. Deterministic ops, so an interrupted run can be compared with an uninterrupted one weight for weight.
+TOTAL_STEPS = 60
+TINY = ["--config", "digits_resnet20", "model.name=simple_cnn", "model.dropout=0.25", "train.epochs=3",
+        "train.max_steps_per_epoch=20", "train.batch_size=32", "train.deterministic=true", "checkpoint.every_steps=5",
+        "optim.warmup_epochs=0.5", "run.progress=false", "run.summary_flush_seconds=1"]
+ARTIFACTS = ["config.yaml", "checkpoints/checkpoint", "eval/metrics.json", "eval/report.txt", "export/model.keras"]
+EVENT_DIRS = ["logs/train/", "logs/validation/", "logs/eval/"]
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+
+def stored_commits(url: str) -> list[int]:
+    names = open_storage(url).list("checkpoints/ckpt-")
+    return sorted(int(n.split("-")[1].split(".")[0]) for n in names if n.endswith(".commit.json"))
+
+
+def open_reader(url: str, work_dir: Path) -> CheckpointStore:
+    """A store on the run with an empty working copy, as a freshly started pod has."""
+    return CheckpointStore(RunDir.open(url, work_dir=str(work_dir)))
+
+
+def verify_every_commit(url: str, work_dir: Path) -> list[int]:
+    """Download and check every committed checkpoint against its commit object (DamagedCheckpoint if one fails)."""
+    store = open_reader(url, work_dir)
+    steps = store.committed_steps()
+    for step in steps:
+        assert store.verify(step) is not None, f"checkpoint {step} vanished while being verified"
+    store.run.close(timeout=10)
+    return steps
+
+
+def final_weights(url: str, work_dir: Path) -> tuple[int, dict]:
+    store = open_reader(url, work_dir)
+    latest = store.latest()
+    store.run.close(timeout=10)
+    names = [n for n, _ in tf.train.list_variables(latest.prefix) if n.startswith(("model/", "optimizer/"))]
+    assert len(names) > 10
+    return latest.step, {n: tf.train.load_variable(latest.prefix, n) for n in names}
+
+
+def assert_same_weights(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    # Deterministic ops on a CPU: the resumed run repeats the same arithmetic, so the tolerance is float32 rounding.
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def assert_run_complete(url: str) -> None:
+    """Everything a finished run leaves under its URL."""
+    stored = open_storage(url)
+    names = stored.list()
+    missing = [a for a in ARTIFACTS if a not in names]
+    missing += [d for d in EVENT_DIRS if not any(n.startswith(d + "events.out.tfevents.") for n in names)]
+    assert not missing, f"missing under {url}: {missing}; stored: {names}"
+    assert TOTAL_STEPS in stored_commits(url)
+    metrics = json.loads(stored.read_bytes("eval/metrics.json"))
+    assert metrics["step"] == TOTAL_STEPS and metrics["examples"] > 0
+    assert "top-1 accuracy" in stored.read_bytes("eval/report.txt").decode()
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@dataclass
+class Reference:
+    url: str
+    step: int
+    weights: dict
+    commits: list[int]
+
+
+@pytest.fixture(scope="module")
+def reference(gcs_server, tmp_path_factory) -> Reference:
+    """The same run, uninterrupted, in a bucket of its own: what every disturbed run must end up with."""
+    tmp = tmp_path_factory.mktemp("reference")
+    url = f"gs://{gcs_server.create_bucket()}/straight"
+    done = run_job("train", *TINY, f"run.dir={url}", f"run.work_dir={tmp / 'work'}",
+                   env=trainer_env(**gcs_server.env()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STORAGE_EMULATOR_HOST", gcs_server.endpoint)
+        assert_run_complete(url)
+        step, weights = final_weights(url, tmp / "reader")
+        return Reference(url=url, step=step, weights=weights, commits=stored_commits(url))
+
+
+# ----------------------------------------------------------------------------------------------------------- resume
+
+def test_kill_minus_nine_wipe_the_disk_and_resume_from_the_bucket(gcs_server, gcs_bucket, reference, tmp_path):
+    url, work = gcs_bucket + "/run", tmp_path / "work"
+    command = ["train", *TINY, f"run.dir={url}", f"run.work_dir={work}"]
+    env = trainer_env(**gcs_server.env())
+    process = start_job(*command, env=env, log_path=tmp_path / "first.log")
+    wait_for(lambda: [s for s in stored_commits(url) if s >= 10], timeout=600, process=process,
+             what="a checkpoint at step 10 or later in the bucket")
+    kill_hard(process)
+    shutil.rmtree(work)  # the pod's disk is gone: whatever the working copy held was lost
+
+    killed_at = open_reader(url, tmp_path / "reader").latest().step
+    assert killed_at < TOTAL_STEPS, "the kill should land before the end of the run"
+    again = run_job(*command, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from step {killed_at} (" in again.stderr
+
+    step, weights = final_weights(url, tmp_path / "final")
+    assert step == reference.step == TOTAL_STEPS
+    assert_same_weights(weights, reference.weights)
+    assert_run_complete(url)
+    assert stored_commits(url) == reference.commits  # the same checkpoints kept (newest 3 and the best)
+
+
+def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous_one(gcs_server, gcs_bucket, reference, tmp_path):
+    """A finished run's newest checkpoint gets one byte flipped in the bucket; the same command again must notice,
+    say so, resume from the previous checkpoint and end with the same weights."""
+    url = gcs_bucket + "/run"
+    source, target = open_storage(reference.url), open_storage(url)
+    for name in source.list():
+        target.write_bytes(name, source.read_bytes(name))
+    newest, previous = reference.commits[-1], reference.commits[-2]
+    manifest = json.loads(target.read_bytes(f"checkpoints/ckpt-{newest}.commit.json"))
+    data_file = next(f["name"] for f in manifest["files"] if ".data-" in f["name"])
+    data = bytearray(target.read_bytes(f"checkpoints/{data_file}"))
+    data[len(data) // 2] ^= 0x01  # same size: only the checksum can tell
+    target.write_bytes(f"checkpoints/{data_file}", bytes(data))
+
+    again = run_job("train", *TINY, f"run.dir={url}", f"run.work_dir={tmp_path / 'work'}",
+                    env=trainer_env(**gcs_server.env()))
+    assert again.returncode == 0, again.stderr[-3000:]
+    warnings = [line for line in again.stderr.splitlines() if "is damaged" in line]
+    assert len(warnings) == 1, again.stderr[-3000:]
+    assert f"{url}/checkpoints/ckpt-{newest} is damaged ({data_file}: CRC32C" in warnings[0]
+    assert f"using ckpt-{previous} instead" in warnings[0]
+    assert f"resuming from step {previous} (" in again.stderr
+
+    step, weights = final_weights(url, tmp_path / "final")
+    assert step == newest
+    assert_same_weights(weights, reference.weights)
+    assert verify_every_commit(url, tmp_path / "verify") == reference.commits
+    assert not [n for n in target.list("checkpoints/") if n.startswith(f"checkpoints/{manifest['prefix']}.")], \
+        "the damaged checkpoint's files should be cleaned up once it is replaced"
+
+
+def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint(gcs_server, gcs_bucket, tmp_path,
+                                                                                 caplog):
+    """20 seeded trials: start the trainer (the real CLI, in a child forked from a process that has TensorFlow
+    imported already), SIGKILL it at a random moment (while it resumes, trains, uploads or commits), then check what
+    the next start will find: the newest committed checkpoint verifies, progress never goes backwards, and the next
+    trainer says it resumes from exactly that step. Checkpoints every 2 steps of 10 MB each keep uploads in flight."""
+    url = gcs_bucket + "/killed"
+    trials, rng = 20, random.Random(20251121)
+    args = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=100", "train.max_steps_per_epoch=20",
+            "train.batch_size=32", "checkpoint.every_steps=2", "checkpoint.keep=2", "run.progress=false",
+            "run.summary_flush_seconds=0.5", f"run.dir={url}"]
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("trainer_fork_server.py")), "train", *args],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=trainer_env(**gcs_server.env()))
+
+    def ask(line: str) -> str:
+        server.stdin.write(line + "\n")
+        server.stdin.flush()
+        return server.stdout.readline().strip()
+
+    last_step, history, during_startup, with_uploads_pending = 0, [], 0, 0
+    work = tmp_path / "work"
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        for trial in range(trials):
+            if rng.random() < 0.5:
+                shutil.rmtree(work, ignore_errors=True)  # a new pod; otherwise the same pod restarted
+            log = tmp_path / f"trial{trial}.log"
+            started = time.time()
+            assert ask(f"start {work} {log}").startswith("started ")
+            if rng.random() < 0.25:  # while starting: fetching the config, finding, downloading, verifying, restoring
+                time.sleep(rng.uniform(0.2, 3.0))
+                during_startup += 1
+            else:
+                wait_for(lambda: _training_started(log), timeout=300, what=f"trial {trial}'s trainer to start")
+                time.sleep(rng.uniform(0.0, 1.5))
+            outcome = ask("kill")
+            assert outcome == "killed", f"trial {trial}: the trainer {outcome} before the kill:\n{log.read_text()[-3000:]}"
+
+            text = log.read_text()
+            assert "damaged" not in text and "Traceback" not in text and "error:" not in text, text[-3000:]
+            if "resuming from step" in text:
+                assert f"resuming from step {last_step} (" in text, (last_step, text[-2000:])
+            elif "starting simple_cnn" in text:
+                assert last_step == 0, text[-2000:]
+            if _uploads_pending(url, work, since=started):
+                with_uploads_pending += 1
+
+            with caplog.at_level(logging.WARNING, logger="job.checkpoint"):
+                store = open_reader(url, tmp_path / f"reader{trial}")
+                found = store.latest()  # downloads and verifies against the commit object
+                store.run.close(timeout=10)
+            if found is not None:
+                assert found.step >= last_step, f"committed progress went backwards: {history} then {found.step}"
+                last_step = found.step
+            history.append(last_step)
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    print(f"\nrandom kills: {trials} trials, {during_startup} during start-up, {with_uploads_pending} with a saved "
+          f"checkpoint not yet committed; resumable step after each: {history}")
+    assert not [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert last_step > 0, f"no checkpoint was ever committed: {history}"
+    assert with_uploads_pending >= trials // 4, "too few kills landed while uploads were pending to test anything"
+
+
+def _training_started(log: Path) -> bool:
+    text = log.read_text() if log.exists() else ""
+    if "Traceback" in text or "error:" in text:
+        raise AssertionError(f"the trainer failed:\n{text[-3000:]}")
+    return "resuming from step" in text or "starting simple_cnn" in text
+
+
+def _uploads_pending(url: str, work: Path, since: float) -> bool:
+    """Whether the killed trainer had written a checkpoint locally that no commit in the bucket names."""
+    stored = open_storage(url)
+    committed = {}
+    for step in stored_commits(url):
+        try:
+            committed[step] = json.loads(stored.read_bytes(f"checkpoints/ckpt-{step}.commit.json"))["prefix"]
+        except FileNotFoundError:
+            pass
+    for index in (work / "checkpoints").glob("ckpt-*.index"):
+        step = int(index.name.split("-")[1].split(".")[0])
+        if index.stat().st_mtime >= since and committed.get(step) != index.name[:-len(".index")]:
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------------------- outage
+
+def test_an_outage_longer_than_the_retry_budget_delays_uploads_not_training(gcs_durable_server, reference, tmp_path):
+    """The bucket goes away (filesystem backend: objects survive the restart, as in a real outage) after the first
+    commit, for longer than the 1 s retry budget: training and the evaluation finish meanwhile, then the server comes
+    back and every checkpoint and result reaches the bucket."""
+    server = gcs_durable_server
+    url = f"gs://{server.create_bucket()}/run"
+    log = tmp_path / "trainer.log"
+    process = start_job("train", *TINY, f"run.dir={url}", f"run.work_dir={tmp_path / 'work'}", log_path=log,
+                        env=trainer_env(**server.env(), JOB_STORAGE_RETRY_SECONDS="1"))
+    try:
+        wait_for(lambda: stored_commits(url), timeout=600, process=process, what="the first checkpoint in the bucket")
+        server.stop()
+        wait_for(lambda: "evaluation stored in" in log.read_text(), timeout=600, process=process,
+                 what="training and evaluation to finish with the bucket away")
+        assert process.poll() is None, "the trainer must wait for its uploads"
+        server.start()
+        assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            kill_hard(process)
+
+    text = log.read_text()
+    failed_at = text.index("training goes on, retrying in the background")
+    assert failed_at < text.index(f"epoch 3/3  step {TOTAL_STEPS}"), "training should go on while uploads fail"
+    assert "works again" in text[failed_at:]
+    assert_run_complete(url)
+    assert verify_every_commit(url, tmp_path / "verify") == reference.commits
+    step, weights = final_weights(url, tmp_path / "final")
+    assert step == TOTAL_STEPS
+    assert_same_weights(weights, reference.weights)
+
+
+# ----------------------------------------------------------------------------------------------------------- two writers
+
+def test_two_trainers_on_one_run_one_stops_with_a_clear_error(gcs_server, gcs_bucket, tmp_path):
+    """Started together (different seeds, so their checkpoints differ byte for byte): the first commit of a step both
+    write decides; the other trainer stores nothing more and exits 2 with one line. Every commit left verifies."""
+    url = gcs_bucket + "/run"
+    env = trainer_env(**gcs_server.env())
+    logs = [tmp_path / f"trainer{seed}.log" for seed in (1, 2)]
+    processes = [start_job("train", *TINY, f"train.seed={seed}", f"run.dir={url}", f"run.work_dir={tmp_path / str(seed)}",
+                           env=env, log_path=log) for seed, log in zip((1, 2), logs)]
+    try:
+        codes = [p.wait(timeout=900) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                kill_hard(p)
+    assert sorted(codes) == [0, 2], [log.read_text()[-2000:] for log in logs]
+    loser = logs[codes.index(2)].read_text()
+    errors = error_lines(loser)
+    assert len(errors) == 1 and errors[0] == loser.strip().splitlines()[-1], loser[-3000:]
+    assert errors[0].startswith(f"error: another trainer is writing to {url}: it committed checkpoint ckpt-")
+    assert errors[0].endswith("first; stop the other trainer or give this run its own run.dir")
+
+    stored = open_storage(url)
+    steps = verify_every_commit(url, tmp_path / "verify")
+    assert steps[-1] == TOTAL_STEPS
+    prefixes = {json.loads(stored.read_bytes(f"checkpoints/ckpt-{s}.commit.json"))["prefix"] for s in steps}
+    data_files = [n for n in stored.list("checkpoints/ckpt-") if not n.endswith(".commit.json")]
+    assert {n[len("checkpoints/"):].split(".")[0] for n in data_files} == prefixes, "uncommitted files left behind"
+    assert_run_complete(url)
+
+
+def test_the_loser_of_a_commit_race_cannot_overwrite_the_winners_files(gcs_bucket, tmp_path):
+    """The race two trainers can run into, forced: the loser has checked that step 7 is not committed and is about to
+    upload its files when the winner commits step 7. The loser's files must not replace the winner's."""
+    url = gcs_bucket + "/run"
+    winner_run = RunDir.open(url, work_dir=str(tmp_path / "winner"))
+    loser_run = RunDir.open(url, work_dir=str(tmp_path / "loser"))
+    winner, loser = CheckpointStore(winner_run), CheckpointStore(loser_run)
+    loser_about_to_upload, winner_committed = threading.Event(), threading.Event()
+    upload = loser_run.storage.put_file
+
+    def upload_after_the_winner_commits(*args, **kwargs):
+        loser_about_to_upload.set()
+        assert winner_committed.wait(timeout=60)
+        return upload(*args, **kwargs)
+
+    loser_run.storage.put_file = upload_after_the_winner_commits  # the real upload, held back
+    ckpt = make_checkpoint()
+    set_state(ckpt, 7)
+    ckpt.weights.assign(tf.fill(ckpt.weights.shape, -1.0))
+    loser.save(ckpt, 7)
+    assert loser_about_to_upload.wait(timeout=60)
+
+    set_state(ckpt, 7)
+    winner.save(ckpt, 7)
+    assert winner_run.flush(timeout=60)
+    winner_committed.set()
+    with pytest.raises(UserError, match="another trainer is writing to"):
+        loser_run.close(timeout=60)
+    winner_run.close(timeout=60)
+
+    reader = open_reader(url, tmp_path / "reader")
+    found = reader.latest()
+    assert found.step == 7
+    restored = make_checkpoint()
+    reader.restore(restored, found)
+    np.testing.assert_array_equal(restored.weights.numpy(), np.full(restored.weights.shape, 7.0))
+    reader.run.close(timeout=10)
+
+
+# ----------------------------------------------------------------------------------------------------------- preflight
+
+def _timed_train(url: str, env: dict, tmp_path: Path) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run the trainer against `url`; also time RunDir.open (the preflight) alone in this process."""
+    started = time.monotonic()
+    result = run_job("train", *TINY, f"run.dir={url}", f"run.work_dir={tmp_path / 'work'}", env=env)
+    process_seconds = time.monotonic() - started
+    started = time.monotonic()
+    with pytest.raises(UserError):
+        RunDir.open(url, work_dir=str(tmp_path / "work2"))
+    return result, process_seconds, time.monotonic() - started
+
+
+def test_preflight_missing_bucket_is_one_line_exit_2(gcs_server, gcs_bucket, tmp_path, record_property):
+    url = "gs://no-such-bucket-e2e/run"
+    result, process_seconds, preflight_seconds = _timed_train(url, trainer_env(**gcs_server.env()), tmp_path)
+    record_property("process_seconds", round(process_seconds, 2))
+    record_property("preflight_seconds", round(preflight_seconds, 3))
+    print(f"\nmissing bucket: trainer exited after {process_seconds:.1f} s; the preflight alone took "
+          f"{preflight_seconds:.3f} s")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert error_lines(result.stderr) == [
+        f"error: cannot use {url}: bucket 'no-such-bucket-e2e' does not exist; create it "
+        f"(gcloud storage buckets create gs://no-such-bucket-e2e) or fix run.dir"]
+    assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+def test_preflight_refused_write_is_one_line_exit_2(gcs_durable_server, tmp_path, record_property):
+    """fake-gcs-server has no IAM, so a 403 cannot be had from it. What it does refuse for real: an object name its
+    filesystem backend cannot store (a path segment over 255 bytes). The run URL here is also longer than the 1024
+    bytes GCS allows an object name, so GCS itself would refuse it with HTTP 400 too."""
+    bucket = gcs_durable_server.create_bucket()
+    url = f"gs://{bucket}/" + "/".join(["x" * 300] * 4)
+    result, process_seconds, preflight_seconds = _timed_train(url, trainer_env(**gcs_durable_server.env()), tmp_path)
+    record_property("process_seconds", round(process_seconds, 2))
+    record_property("preflight_seconds", round(preflight_seconds, 3))
+    print(f"\nrefused write: trainer exited after {process_seconds:.1f} s; the preflight alone took "
+          f"{preflight_seconds:.3f} s")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith(f"error: cannot use {url}: the storage refused storage.objects.create of a test "
+                                f"object under it (HTTP 400: ")
+    assert errors[0].endswith("); fix run.dir")
+    assert open_storage(f"gs://{bucket}").list() == []
