@@ -147,7 +147,11 @@ def train(cfg: Config) -> int:
             with tempfile.TemporaryDirectory() as scratch:
                 ckpt.write(str(Path(scratch) / "ckpt"))
 
-    while int(state.step.numpy()) < total_steps and not stop:
+    def patience_exhausted() -> bool:
+        patience = cfg.train.early_stopping_patience
+        return bool(patience) and int(state.epochs_without_improvement.numpy()) >= patience
+
+    while int(state.step.numpy()) < total_steps and not stop and not patience_exhausted():
         epoch = int(state.step.numpy()) // steps_per_epoch
         loop.run_epoch(epoch, total_epochs, stop, save)
         if stop:
@@ -161,10 +165,9 @@ def train(cfg: Config) -> int:
             else:
                 state.epochs_without_improvement.assign_add(1)
         save(metrics)
-        patience = cfg.train.early_stopping_patience
-        if patience and int(state.epochs_without_improvement.numpy()) >= patience:
-            log.info("early stopping: validation top-1 has not improved for %d epochs", patience)
-            break
+        if patience_exhausted():
+            log.info("early stopping: validation top-1 has not improved for %d epochs",
+                     cfg.train.early_stopping_patience)
 
     if stop:
         save()
