@@ -359,7 +359,7 @@ class GCSStorage(Storage):
             who = re.search(r"([\w.+-]+@[\w.-]+) does not have", message)
             identity = who.group(1) if who else self.identity
             raise UserError(f"cannot use {self.url}: {identity} lacks permission {permission} on bucket "
-                            f"{self.bucket_name!r}; grant roles/storage.objectAdmin on it to that identity "
+                            f"{self.bucket_name!r}; grant roles/storage.objectUser on it to that identity "
                             f"(HTTP {e.code})") from None
         except api.BadRequest as e:  # e.g. an object name GCS does not accept (longer than 1024 bytes)
             raise UserError(f"cannot use {self.url}: the storage refused {step} of a test object under it "

@@ -60,9 +60,20 @@ def assert_holds(ckpt: tf.train.Checkpoint, step: int, fill: float | None = None
     np.testing.assert_array_equal(ckpt.weights.numpy(), np.full(ckpt.weights.shape, step if fill is None else fill))
 
 
+def step_of(name: str) -> int:
+    """The step of a checkpoint file or prefix name: ckpt-<step>[-<writer>][.<suffix>] (gs:// names carry a writer)."""
+    return int(Path(name).name.split("-")[1].split(".")[0])
+
+
+def stored_file(url: str, step: int, suffix: str) -> str:
+    """The stored name of checkpoint `step`'s file ending in `suffix` (e.g. "index")."""
+    return next(n for n in open_storage(url).list(f"checkpoints/ckpt-{step}") if step_of(n) == step
+                and n.endswith(f".{suffix}"))
+
+
 def committed_steps(url: str) -> list[int]:
     names = open_storage(url).list("checkpoints/")
-    return sorted(int(n.split("-")[1].split(".")[0]) for n in names if n.endswith(".commit.json"))
+    return sorted(step_of(n) for n in names if n.endswith(".commit.json"))
 
 
 def save_steps(store: CheckpointStore, steps, top1=lambda step: step / 100) -> None:
@@ -80,7 +91,7 @@ def test_save_latest_restore(run_url, open_run):
     for step in (10, 20):
         set_state(ckpt, step)
         prefix = store.save(ckpt, step, {"val_top1": step / 100})
-    assert prefix == str(run.local / "checkpoints" / "ckpt-20")
+    assert Path(prefix).parent == run.local / "checkpoints" and step_of(prefix) == 20
     run.close(timeout=60)
 
     resumed = open_run(run_url)  # for gs://: an empty working copy, everything comes from the bucket
@@ -116,16 +127,16 @@ def test_keeps_the_newest_and_the_best(run_url, open_run):
 
     assert committed_steps(run_url) == [2, 5, 6]
     stored = open_storage(run_url).list("checkpoints/")
-    assert not [n for n in stored if n.startswith(("checkpoints/ckpt-1.", "checkpoints/ckpt-3.", "checkpoints/ckpt-4."))]
-    assert sorted(p.name for p in (run.local / "checkpoints").glob("ckpt-*.index")) == \
-        ["ckpt-2.index", "ckpt-5.index", "ckpt-6.index"]  # the working copy is pruned too
+    assert sorted({step_of(n) for n in stored if n != "checkpoints/checkpoint"}) == [2, 5, 6]
+    assert sorted(step_of(p.name) for p in (run.local / "checkpoints").glob("ckpt-*.index")) == \
+        [2, 5, 6]  # the working copy is pruned too
 
     reader = CheckpointStore(open_run(run_url))
     assert reader.best().step == 2 and reader.latest().step == 6
     assert reader.run.fetch("checkpoints")  # TF's state file lists exactly the kept checkpoints
     state = tf.train.get_checkpoint_state(str(reader.run.local / "checkpoints"))
-    assert [Path(p).name for p in state.all_model_checkpoint_paths] == ["ckpt-2", "ckpt-5", "ckpt-6"]
-    assert Path(state.model_checkpoint_path).name == "ckpt-6"
+    assert [step_of(p) for p in state.all_model_checkpoint_paths] == [2, 5, 6]
+    assert step_of(state.model_checkpoint_path) == 6
 
 
 @pytest.mark.parametrize("damage", ["data", "commit"])
@@ -136,9 +147,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(run_url, ope
 
     stored = open_storage(run_url)
     if damage == "data":  # same size, one byte flipped: only the checksum can tell
-        data = bytearray(stored.read_bytes(f"checkpoints/ckpt-2.{DATA}"))
+        name = stored_file(run_url, 2, DATA)
+        data = bytearray(stored.read_bytes(name))
         data[len(data) // 2] ^= 0xFF
-        stored.write_bytes(f"checkpoints/ckpt-2.{DATA}", bytes(data))
+        stored.write_bytes(name, bytes(data))
     else:
         stored.write_bytes("checkpoints/ckpt-2.commit.json", b'{"step": 2, "fil')
 
@@ -172,7 +184,7 @@ def test_an_uncommitted_checkpoint_is_ignored_and_cleaned_up_later(run_url, open
     run.close(timeout=60)
     stored = open_storage(run_url)
     for suffix in ("index", DATA):  # a trainer killed after uploading ckpt-2's files, before its commit object
-        stored.write_bytes(f"checkpoints/ckpt-2.{suffix}", stored.read_bytes(f"checkpoints/ckpt-1.{suffix}"))
+        stored.write_bytes(f"checkpoints/ckpt-2.{suffix}", stored.read_bytes(stored_file(run_url, 1, suffix)))
 
     resumed = open_run(run_url)
     store = CheckpointStore(resumed)
@@ -180,7 +192,7 @@ def test_an_uncommitted_checkpoint_is_ignored_and_cleaned_up_later(run_url, open
     save_steps(store, [3])
     resumed.close(timeout=60)
     assert committed_steps(run_url) == [1, 3]
-    assert not [n for n in stored.list("checkpoints/") if n.startswith("checkpoints/ckpt-2.")]
+    assert not [n for n in stored.list("checkpoints/ckpt-") if step_of(n) == 2]
 
 
 def test_same_step_from_two_local_trainers(tmp_path):
@@ -271,7 +283,7 @@ def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_b
                 # TF's state file names a checkpoint that is committed (it is rewritten before anything is pruned).
                 assert run.fetch("checkpoints/checkpoint")
                 state = tf.train.get_checkpoint_state(str(run.local / "checkpoints"))
-                assert int(Path(state.model_checkpoint_path).name.split("-")[1]) in committed_steps(url)
+                assert step_of(state.model_checkpoint_path) in committed_steps(url)
             resumed_steps.append(last_step)
             run.close(timeout=10)
     finally:

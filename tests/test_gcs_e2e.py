@@ -24,14 +24,10 @@ from job.errors import UserError
 from job.rundir import RunDir
 from job.storage import open_storage
 
-try:  # tests/ is on sys.path (conftest.py)
-    from ckpt_kill_writer import make_checkpoint, set_state
-    from gcs_server import gcs_bucket, gcs_durable_server, gcs_server  # noqa: F401  (fixtures)
-    from trainer_runs import kill_hard, run_job, start_job, trainer_env, wait_for
-except ImportError:
-    from tests.ckpt_kill_writer import make_checkpoint, set_state
-    from tests.gcs_server import gcs_bucket, gcs_durable_server, gcs_server  # noqa: F401
-    from tests.trainer_runs import kill_hard, run_job, start_job, trainer_env, wait_for
+# tests/ is on sys.path, and the fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_durable_server) come from
+# tests/gcs_server.py through conftest.py.
+from ckpt_kill_writer import make_checkpoint, set_state
+from trainer_runs import kill_hard, run_job, start_job, trainer_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -210,10 +206,11 @@ def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint
             started = time.time()
             assert ask(f"start {work} {log}").startswith("started ")
             if rng.random() < 0.25:  # while starting: fetching the config, finding, downloading, verifying, restoring
-                time.sleep(rng.uniform(0.2, 3.0))
+                time.sleep(rng.uniform(0.2, 4.0))
                 during_startup += 1
-            else:
-                wait_for(lambda: _training_started(log), timeout=300, what=f"trial {trial}'s trainer to start")
+            else:  # once it has saved a checkpoint locally: its upload and commit are under way
+                wait_for(lambda: _saved_a_checkpoint(log, work, since=started), timeout=300,
+                         what=f"trial {trial}'s trainer to save a checkpoint")
                 time.sleep(rng.uniform(0.0, 1.5))
             outcome = ask("kill")
             assert outcome == "killed", f"trial {trial}: the trainer {outcome} before the kill:\n{log.read_text()[-3000:]}"
@@ -249,11 +246,11 @@ def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint
     assert with_uploads_pending >= trials // 4, "too few kills landed while uploads were pending to test anything"
 
 
-def _training_started(log: Path) -> bool:
+def _saved_a_checkpoint(log: Path, work: Path, since: float) -> bool:
     text = log.read_text() if log.exists() else ""
     if "Traceback" in text or "error:" in text:
         raise AssertionError(f"the trainer failed:\n{text[-3000:]}")
-    return "resuming from step" in text or "starting simple_cnn" in text
+    return any(p.stat().st_mtime >= since for p in (work / "checkpoints").glob("ckpt-*-*.index"))
 
 
 def _uploads_pending(url: str, work: Path, since: float) -> bool:
