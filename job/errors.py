@@ -15,6 +15,13 @@ class ConfigError(UserError):
     """A config file, key or value is wrong."""
 
 
+class StorageUnavailableError(UserError):
+    """The run's storage could not be reached within the retry budget. Reported in one line like a UserError, but a
+    later attempt may well succeed, so the exit code is the retriable one (Kubernetes retries the pod)."""
+
+    exit_code = 1
+
+
 # Exit codes, chosen so Kubernetes' podFailurePolicy can tell them apart (k8s/job.yaml relies on these numbers).
 EXIT_OK = 0
 EXIT_CRASH = 1  # unexpected error: counts against the Job's backoffLimit

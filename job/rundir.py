@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from job.errors import UserError
+from job.errors import StorageUnavailableError, UserError
 from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,10 @@ class RunDir:
         self.raise_if_failed()
         if not drained:
             shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
-            raise UserError(f"could not store {len(left)} item(s) in {self.url} within {timeout:.0f} s ({shown}); "
-                            f"they remain in the local working copy {self.local}: check the bucket, then copy them "
-                            f"with `gcloud storage cp -r {self.local}/* {self.url}/`")
+            raise StorageUnavailableError(
+                f"could not store {len(left)} item(s) in {self.url} within {timeout:.0f} s ({shown}); they remain "
+                f"in the local working copy {self.local}: check the bucket, then copy them with "
+                f"`gcloud storage cp -r {self.local}/* {self.url}/`, or run the job again")
 
     # ------------------------------------------------------------------------------------------------ internals
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import google_crc32c
 
-from job.errors import UserError
+from job.errors import StorageUnavailableError, UserError
 
 DEFAULT_RETRY_SECONDS = 120.0
 RETRY_SECONDS_ENV = "JOB_STORAGE_RETRY_SECONDS"  # overrides the default retry budget of every gs:// call
@@ -369,7 +369,7 @@ class GCSStorage(Storage):
         except UserError:
             raise
         except Exception as e:  # transient errors that outlasted the retry budget
-            raise UserError(f"cannot reach {self.url} within {self.retry_seconds:.0f} s of retries "
+            raise StorageUnavailableError(f"cannot reach {self.url} within {self.retry_seconds:.0f} s of retries "
                             f"({type(e).__name__}: {_first_line(e)}); check the network or "
                             f"STORAGE_EMULATOR_HOST") from None
 

@@ -256,3 +256,4 @@ def test_close_with_the_server_down_past_the_timeout_names_what_was_not_stored(g
     message = str(caught.value)
     assert "final_eval.json" in message and run.url in message and str(run.local) in message
     assert "\n" not in message
+    assert caught.value.exit_code == 1, "an outage is worth retrying: the pod's exit must not fail the Job at once"
