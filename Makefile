@@ -12,6 +12,9 @@ TF_PACKAGE ?= $(if $(HAS_GPU),tensorflow[and-cuda]==2.21.0,tensorflow-cpu==2.21.
 
 .PHONY: install dev train test test-fast tensorboard presets bench clean
 
+include docker/Makefile.inc
+include docker/Makefile.distributed.inc
+
 install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 

@@ -96,6 +96,8 @@ def run_multiworker(nproc: int, job_args: list[str], python: str, grace_seconds:
             # Own process group: a Ctrl-C on the terminal reaches only the launcher, which passes it on exactly once
             # (a second SIGINT would make a trainer abandon its final checkpoint).
             process_group=0, preexec_fn=_die_with_parent))
+    print(f"[launch] worker pids: {' '.join(f'{i}={p.pid}' for i, p in enumerate(procs))} (worker 0 is the chief)",
+          flush=True)
     for index, proc in enumerate(procs[1:], start=1):
         threading.Thread(target=_prefix_lines, args=(proc.stdout, f"[worker {index}] "), daemon=True).start()
 

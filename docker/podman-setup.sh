@@ -27,7 +27,8 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   [[ "$(id -u)" == 0 ]] || die "missing ${missing[*]}; run this script as root or apt-get install ${missing[*]}"
   log "apt-get install ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # With recommends: kube play builds its pod "pause" image from catatonit, a recommended package.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # --- 2. containers.conf ---

