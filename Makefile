@@ -42,6 +42,10 @@ test: dev
 test-fast: dev
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+## benchmarks (a few minutes): the loop vs Keras fit, the input pipeline, checkpoint blocking; docs/performance.md
+bench: dev
+	$(PY) -m bench.run
+
 presets: install
 	$(PY) -m job presets
 

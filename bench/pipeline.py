@@ -4,7 +4,8 @@ possible, on one thread and on all cores.
 "One thread" is tf.data's private thread pool of size 1 with intra-op parallelism 1, so the map function, its ops
 and the prefetch all share one core; "all cores" is the pipeline exactly as the trainer builds it. A trial is one
 pass over the data; the rate is taken from the first batch on, so building the dataset (converting the image array
-to a tensor) is reported separately as epoch_setup_seconds.
+to a tensor) is reported separately as epoch_setup_seconds. Both the wall-clock rate and the rate per CPU-second of
+the process are recorded.
 """
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def setup_pipeline(preset: str, overrides: list[str]) -> Sides:
             dataset = dataset.with_options(options)
         iterator = iter(dataset)
         next(iterator)
-        first = time.perf_counter()
-        batches = sum(1 for _ in iterator)
-        seconds = time.perf_counter() - first
-        return {"images_per_second": batches * shard.batch_size / seconds, "batches": batches + 1,
-                "epoch_setup_seconds": first - began}
+        first, cpu = time.perf_counter(), time.process_time()
+        images = shard.batch_size * sum(1 for _ in iterator)
+        seconds, cpu_seconds = time.perf_counter() - first, time.process_time() - cpu
+        # images per CPU-second of the whole process (pipeline threads and the consumer): the rate per core, which
+        # other processes on a shared machine do not change the way they change the wall clock
+        return {"images_per_second": images / seconds, "images_per_cpu_second": images / cpu_seconds,
+                "batches": images // shard.batch_size + 1, "epoch_setup_seconds": first - began}
 
     info = {"examples": len(splits.x_train), "batch_size": shard.batch_size,
             "augment": dataclasses.asdict(cfg.data.augment)}

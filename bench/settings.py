@@ -1,7 +1,7 @@
 """What `make bench` (full) and the test (`--tiny`) measure: models, presets, sizes and repeats."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class LoopCase:
 class CheckpointCase:
     label: str
     preset: str
-    overrides: tuple[str, ...]
+    resume: bool  # also time a fresh and a resumed start of the trainer (each start costs tens of seconds)
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,21 @@ class Settings:
     pipeline_overrides: tuple[str, ...]
     checkpoint_cases: tuple[CheckpointCase, ...]
     checkpoint_repeats: int
-    # `python -m job train` runs for the start-up figure: tiny data, a small batch and two steps per start, so a
-    # start is mostly start-up; the second step's time gives the model's steady step time
+    checkpoint_overrides: tuple[str, ...]  # the data the saver builds its model for (the size does not depend on it)
+    # The epoch a checkpoint's blocking time is compared with: the trainer's step time for the model, measured by the
+    # loop worker. On a CPU at a small batch (the per-image time hardly depends on it there), on a GPU at the preset's.
+    epoch_probe_overrides_cpu: tuple[str, ...]
+    epoch_probe_overrides_gpu: tuple[str, ...]
+    epoch_probe_steps: int
+    # `python -m job train` starts for the start-up figure: tiny data, a small batch and two steps per start, so a
+    # start is mostly start-up
     resume_overrides: tuple[str, ...]
     gpu_overrides: tuple[str, ...] = ("train.precision=mixed_float16", "train.jit_compile=true")
     gpu_steps_factor: int = 5  # GPU steps are short: more of them per trial
-    epoch_images: int = 50_000  # a CIFAR training epoch, for "blocking time as a share of an epoch"
+    epoch_images: int = 50_000  # a CIFAR training epoch
     pipeline_goal_ratio: float = 20.0
     pipeline_goal_per_core: float = 20_000.0
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
-
-_RESUME = ("data.synthetic_examples=64", "train.batch_size=32", "train.max_steps_per_epoch=2",
-           "checkpoint.every_steps=1000000", "run.progress=false", "run.summary_flush_seconds=1")
 
 FULL = Settings(
     mode="full",
@@ -49,16 +51,21 @@ FULL = Settings(
     repeats=5,
     loop_cases=(
         LoopCase("resnet20", "cifar10_resnet20", ("data.synthetic_examples=10240",), steps=8),
-        LoopCase("simple_cnn", "cifar10_simple_cnn", ("data.synthetic_examples=10240",), steps=16),
+        LoopCase("simple_cnn", "cifar10_simple_cnn", ("data.synthetic_examples=10240",), steps=12),
     ),
     pipeline_preset="cifar100_resnet18",  # crop (4 px padding) + flip, batch 128: the CIFAR presets' augmentation
     pipeline_overrides=("data.synthetic_examples=50000",),
     checkpoint_cases=(
-        CheckpointCase("resnet18", "cifar100_resnet18", ("data.synthetic_examples=64", "train.batch_size=32")),
-        CheckpointCase("elu18", "cifar100_elu", ("data.synthetic_examples=64", "train.batch_size=32")),
+        CheckpointCase("resnet18", "cifar100_resnet18", resume=True),  # the default preset: what `make train` runs
+        CheckpointCase("elu18", "cifar100_elu", resume=False),
     ),
     checkpoint_repeats=3,
-    resume_overrides=_RESUME,
+    checkpoint_overrides=("data.synthetic_examples=64", "train.batch_size=32"),
+    epoch_probe_overrides_cpu=("data.synthetic_examples=96", "train.batch_size=32"),
+    epoch_probe_overrides_gpu=("data.synthetic_examples=8192",),
+    epoch_probe_steps=3,
+    resume_overrides=("data.synthetic_examples=64", "train.batch_size=32", "train.max_steps_per_epoch=2",
+                      "checkpoint.every_steps=1000000", "run.progress=false", "run.summary_flush_seconds=1"),
 )
 
 TINY = Settings(
@@ -69,9 +76,12 @@ TINY = Settings(
                          ("data.synthetic_examples=128", "train.batch_size=16"), steps=3),),
     pipeline_preset="cifar100_resnet18",
     pipeline_overrides=("data.synthetic_examples=512", "train.batch_size=64"),
-    checkpoint_cases=(CheckpointCase("simple_cnn", "cifar10_simple_cnn",
-                                     ("data.synthetic_examples=64", "train.batch_size=16")),),
+    checkpoint_cases=(CheckpointCase("simple_cnn", "cifar10_simple_cnn", resume=True),),
     checkpoint_repeats=2,
+    checkpoint_overrides=("data.synthetic_examples=64", "train.batch_size=16"),
+    epoch_probe_overrides_cpu=("data.synthetic_examples=48", "train.batch_size=16"),
+    epoch_probe_overrides_gpu=("data.synthetic_examples=48", "train.batch_size=16"),
+    epoch_probe_steps=3,
     resume_overrides=("data.synthetic_examples=64", "train.batch_size=16", "train.max_steps_per_epoch=2",
                       "checkpoint.every_steps=1000000", "run.progress=false", "run.summary_flush_seconds=1"),
 )

@@ -28,7 +28,7 @@ def number(x: float | None, unit: str = "") -> str:
     elif abs(x) >= 1:
         text = f"{x:.2f}"
     else:
-        text = f"{x:.3g}"
+        text = f"{x:#.3g}"  # keeps the zeros of 0.100 and 1.00
     return f"{text} {unit}".strip()
 
 

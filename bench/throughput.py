@@ -1,6 +1,9 @@
 """Training throughput: the project's loop (job.train's _Loop, driven in-process exactly as job.train.train sets it up)
 against plain Keras `compile`/`fit` of the same model, batch, optimizer and in-memory data.
 
+This drives job.train's private _Loop (constructor, _set_phase, _step_fn, run_epoch): when those change, this module
+changes with them; tests/test_bench.py fails first.
+
 Both sides stamp the start of every step (the loop through a wrapper around its step function, fit through
 `on_train_batch_begin`, which keeps fit's asynchronous callback dispatch). The steady rate is taken between the second
 and the last step start of a trial, so the per-epoch start-up (building the dataset, fit's data adapter, the first
@@ -8,11 +11,20 @@ batch) is reported separately and does not blur the per-step comparison.
 """
 from __future__ import annotations
 
+import atexit
+import shutil
 import statistics
 import tempfile
 import time
 
 from bench.worker import Sides
+
+
+def _scratch(prefix: str) -> str:
+    """A run directory for the worker's lifetime (the loop writes TensorBoard files into it)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _config(preset: str, overrides: list[str], steps: int, run_dir: str):
@@ -24,12 +36,16 @@ def _config(preset: str, overrides: list[str], steps: int, run_dir: str):
         *overrides])
 
 
-def _steady(starts: list[float], ends: list[float], batch: int, total: float) -> dict:
-    """Figures of one trial from the step start (and, for the loop, end) stamps."""
+def _steady(starts: list[float], cpu: list[float], ends: list[float], batch: int, total: float) -> dict:
+    """Figures of one trial from the wall-clock and process-CPU stamps at each step start (and, for the loop, the
+    wall-clock stamps at each step end)."""
     cycles = [b - a for a, b in zip(starts, starts[1:])][1:]  # the first interval may still wait on the pipeline
     if not cycles:
         raise ValueError(f"a trial needs at least 3 steps to give a steady rate, got {len(starts)}")
     result = {"images_per_second": batch * len(cycles) / sum(cycles), "step_seconds": statistics.median(cycles),
+              # CPU time of every thread of the process over the same steps: on a shared machine, where the wall
+              # clock also counts the time other processes hold the cores, the steadier measure of cost
+              "cpu_seconds_per_image": (cpu[-1] - cpu[1]) / (batch * len(cycles)),
               "steps": len(starts), "trial_seconds": total,
               # what a trial costs beyond its steps: dataset or data-adapter set-up, the first batch, epoch-end work
               "epoch_overhead_seconds": total - len(starts) * statistics.median(cycles)}
@@ -51,8 +67,9 @@ def setup_loop(preset: str, overrides: list[str], steps: int) -> Sides:
     from job.rundir import RunDir
     from job.runfiles import build_full_model
     from job.runtime import configure
+    from job.summaries import SummaryWriters
 
-    cfg = _config(preset, overrides, steps, tempfile.mkdtemp(prefix="bench-loop-"))
+    cfg = _config(preset, overrides, steps, _scratch("bench-loop-"))
     configure(cfg)
     backend = make_backend(cfg)
     splits = datalib.load_splits(cfg.data, cfg.train.seed)
@@ -65,28 +82,30 @@ def setup_loop(preset: str, overrides: list[str], steps: int) -> Sides:
         state = trainlib.TrainState.create()
         optimizer.build(model.trainable_variables)
     model.get_layer("preprocess").set_stats(datalib.fit_preprocessing(splits.x_train, cfg.data.normalization))
-    writers = trainlib._SummaryWriters(run, cfg)
+    writers = SummaryWriters(run, cfg)
     loop = trainlib._Loop(cfg, backend, model, optimizer, state, splits, steps_per_epoch, writers)
 
     loop._set_phase(0)  # makes the step function; run_epoch keeps it while the phase stays the same
     step_fn = loop._step_fn
     starts: list[float] = []
+    cpu: list[float] = []
     ends: list[float] = []
 
     def timed_step(batch):
         starts.append(time.perf_counter())
+        cpu.append(time.process_time())
         step_fn(batch)
         ends.append(time.perf_counter())
 
     loop._step_fn = timed_step
 
     def trial() -> dict:
-        starts.clear()
-        ends.clear()
+        for stamps in (starts, cpu, ends):
+            stamps.clear()
         epoch = int(state.step.numpy()) // steps_per_epoch
         began = time.perf_counter()
         loop.run_epoch(epoch, cfg.train.epochs, False, lambda metrics=None: None)
-        result = _steady(starts, ends, cfg.train.batch_size, time.perf_counter() - began)
+        result = _steady(starts, cpu, ends, cfg.train.batch_size, time.perf_counter() - began)
         if tf.config.list_physical_devices("GPU"):
             result.pop("host_seconds_per_step")  # a step call returns before the GPU is done: not meaningful
         return result
@@ -102,7 +121,7 @@ def setup_fit(preset: str, overrides: list[str], steps: int) -> Sides:
     from job.runfiles import build_full_model
     from job.runtime import configure
 
-    cfg = _config(preset, overrides, steps, tempfile.mkdtemp(prefix="bench-fit-"))
+    cfg = _config(preset, overrides, steps, _scratch("bench-fit-"))
     configure(cfg)  # seed and precision policy, as the trainer
     splits = datalib.load_splits(cfg.data, cfg.train.seed)
     steps_per_epoch = min(datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size), steps)
@@ -114,19 +133,22 @@ def setup_fit(preset: str, overrides: list[str], steps: int) -> Sides:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
                   jit_compile=cfg.train.jit_compile)
     starts: list[float] = []
+    cpu: list[float] = []
 
     class StepStarts(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             starts.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     stamps = StepStarts()
 
     def trial() -> dict:
         starts.clear()
+        cpu.clear()
         began = time.perf_counter()
         model.fit(splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=1,
                   steps_per_epoch=steps_per_epoch, shuffle=True, verbose=0, callbacks=[stamps])
-        return _steady(starts, [], cfg.train.batch_size, time.perf_counter() - began)
+        return _steady(starts, cpu, [], cfg.train.batch_size, time.perf_counter() - began)
 
     return Sides(trials={"fit": trial}, info=_model_info(cfg, model))
 

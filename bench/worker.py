@@ -100,6 +100,8 @@ class Worker:
         threading.Thread(target=self._read, daemon=True).start()
         self.peak_rss_mb: float | None = None
         self.info: dict = {}  # what the setup reported
+        self.sides: list[str] = []
+        self._pending = 0  # commands sent and not answered yet
 
     def _read(self) -> None:
         for line in self._proc.stdout:
@@ -111,6 +113,7 @@ class Worker:
         try:
             self._proc.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
             self._proc.stdin.flush()
+            self._pending += 1
         except BrokenPipeError:
             raise WorkerError(f"worker {self.name} has exited\n{self.log_tail()}") from None
 
@@ -122,6 +125,7 @@ class Worker:
             raise WorkerError(f"worker {self.name} did not answer within {self.timeout:.0f} s\n{self.log_tail()}")
         if message is None:
             raise WorkerError(f"worker {self.name} exited unexpectedly\n{self.log_tail()}")
+        self._pending -= 1
         if not message["ok"]:
             raise WorkerError(f"worker {self.name} failed:\n{message['error']}")
         return message
@@ -130,9 +134,6 @@ class Worker:
         self.send(cmd, **fields)
         return self.receive()
 
-    def setup(self, kind: str, **params) -> dict:
-        return self.call("setup", kind=kind, params=params)
-
     def trial(self, side: str) -> dict:
         return self.call("trial", side=side)["result"]
 
@@ -140,7 +141,9 @@ class Worker:
         return self.call("finish")["result"]
 
     def close(self) -> float | None:
-        """Ask the worker to exit; returns its peak RSS in MB (None if it had died)."""
+        """Ask the worker to exit; returns its peak RSS in MB (None if it had died or was still busy)."""
+        if self._pending:  # after an error elsewhere: do not wait for a trial nobody needs any more
+            self.kill(now=True)
         if self._proc.poll() is None:
             try:
                 self.peak_rss_mb = self.call("exit")["peak_rss_mb"]
@@ -172,12 +175,6 @@ class Worker:
         except OSError:
             return ""
         return "\n".join(f"  | {line}" for line in text[-lines:])
-
-    def __enter__(self) -> "Worker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 if __name__ == "__main__":

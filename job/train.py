@@ -208,6 +208,10 @@ class _Loop:
                  splits, steps_per_epoch: int, writers):
         self.cfg, self.backend, self.model, self.optimizer, self.state = cfg, backend, model, optimizer, state
         self.splits, self.steps_per_epoch, self.writers = splits, steps_per_epoch, writers
+        # Converted once: converting the arrays every epoch re-traces the pipeline and grows memory by the dataset's
+        # size per epoch until it plateaus (measured: +1.6 GB after 20 CIFAR epochs).
+        self.train_images = tf.constant(splits.x_train)
+        self.train_labels = tf.constant(splits.y_train, tf.int32)
         self.sums = {k: tf.Variable(0.0, dtype=tf.float64, trainable=False)
                      for k in ("loss_sum", "correct1", "correct5", "count")}
         self._step_fn = None
@@ -287,7 +291,7 @@ class _Loop:
         steps_left = self.steps_per_epoch - first
 
         def dataset_fn(shard):
-            ds = datalib.train_dataset(self.splits.x_train, self.splits.y_train, cfg.data, shard,
+            ds = datalib.train_dataset(self.train_images, self.train_labels, cfg.data, shard,
                                        seed=cfg.train.seed, epoch=epoch, skip_batches=first)
             return ds.take(steps_left)
 
