@@ -1,11 +1,12 @@
 """A description of the machine the benchmarks ran on, gathered without importing TensorFlow."""
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import shutil
 import subprocess
+
+from job.distribute.versions import installed_version
 
 
 def describe_machine() -> dict:
@@ -16,8 +17,8 @@ def describe_machine() -> dict:
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "tensorflow": _version("tensorflow", "tensorflow-cpu"),
-        "keras": _version("keras"),
+        "tensorflow": installed_version("tensorflow", "tensorflow-cpu"),
+        "keras": installed_version("keras"),
         "gpus": gpus(),
         "load_average": os.getloadavg(),  # 1, 5, 15 min: above the core count means others compete for the CPU
     }
@@ -44,12 +45,3 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _version(*distributions: str) -> str | None:
-    for name in distributions:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None

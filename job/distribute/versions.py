@@ -51,13 +51,14 @@ def check_versions(backend: str) -> None:
     """Check the installed packages for `backend` (single | mirrored | multiworker | horovod)."""
     check_version_combo(
         backend,
-        tensorflow=_installed("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly"),
-        keras=_installed("keras"),
-        horovod=_installed("horovod") if backend == "horovod" else None,
+        tensorflow=installed_version("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly"),
+        keras=installed_version("keras"),
+        horovod=installed_version("horovod") if backend == "horovod" else None,
     )
 
 
-def _installed(*distributions: str) -> str | None:
+def installed_version(*distributions: str) -> str | None:
+    """The version of the first of `distributions` that is installed (TF ships under several names)."""
     for name in distributions:
         try:
             return importlib.metadata.version(name)
