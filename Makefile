@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TF_PACKAGE ?= $(if $(HAS_GPU),tensorflow[and-cuda]==2.21.0,tensorflow-cpu==2.21.0)
 
+.DEFAULT_GOAL := train
 .PHONY: install dev train test test-fast tensorboard presets bench clean
 
 include docker/Makefile.inc

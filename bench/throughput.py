@@ -91,11 +91,12 @@ def setup_loop(preset: str, overrides: list[str], steps: int) -> Sides:
     cpu: list[float] = []
     ends: list[float] = []
 
-    def timed_step(batch):
+    def timed_step(*args):
         starts.append(time.perf_counter())
         cpu.append(time.process_time())
-        step_fn(batch)
+        out = step_fn(*args)
         ends.append(time.perf_counter())
+        return out
 
     loop._step_fn = timed_step
 
@@ -104,7 +105,7 @@ def setup_loop(preset: str, overrides: list[str], steps: int) -> Sides:
             stamps.clear()
         epoch = int(state.step.numpy()) // steps_per_epoch
         began = time.perf_counter()
-        loop.run_epoch(epoch, cfg.train.epochs, False, lambda metrics=None: None)
+        loop.run_epoch(epoch, cfg.train.epochs, trainlib.StopRequested(), lambda metrics=None: None)
         result = _steady(starts, cpu, ends, cfg.train.batch_size, time.perf_counter() - began)
         if tf.config.list_physical_devices("GPU"):
             result.pop("host_seconds_per_step")  # a step call returns before the GPU is done: not meaningful

@@ -64,10 +64,16 @@ class TrainState:
 
 
 class StopRequested:
-    """SIGTERM (pod eviction, preemption) or SIGINT: finish the current step, checkpoint, exit for a retry."""
+    """SIGTERM (pod eviction, preemption) or SIGINT: finish the current step, checkpoint, exit for a retry.
+
+    A signal only sets this worker's request; the loop stops once a training step's all-reduce has carried the request
+    to every worker (`agree`), so all workers leave the loop after the same step and take part in the same final save.
+    Stopping on the local flag alone would let one worker save while another starts the next step: both would then
+    wait in different collectives until the timeout, and no checkpoint would be committed."""
 
     def __init__(self) -> None:
         self.signal_name = ""
+        self.agreed = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
@@ -77,8 +83,19 @@ class StopRequested:
         self.signal_name = signal.Signals(signum).name
         log.warning("%s received: saving a checkpoint at the end of this step", self.signal_name)
 
-    def __bool__(self) -> bool:
+    @property
+    def requested(self) -> bool:
         return bool(self.signal_name)
+
+    def agree(self, votes: float) -> None:
+        """`votes`: the number of replicas whose worker had a request when the step started (summed over all)."""
+        if votes > 0 and not self.agreed:
+            self.agreed = True
+            if not self.signal_name:
+                log.warning("another worker was asked to stop: saving a checkpoint at the end of this step")
+
+    def __bool__(self) -> bool:
+        return self.agreed
 
 
 def train(cfg: Config) -> int:
@@ -229,7 +246,7 @@ class _Loop:
         clip = cfg.optim.clip_norm
         variables = list(model.trainable_variables)  # fixed per phase; the function is re-made on a phase change
 
-        def replica_step(batch):
+        def replica_step(batch, stop_vote):
             images, labels = batch
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(images, training=True), tf.float32)
@@ -255,13 +272,15 @@ class _Loop:
                 "correct1": tf.reduce_sum(tf.cast(tf.math.in_top_k(labels64, logits, 1), tf.float32)),
                 "correct5": tf.reduce_sum(tf.cast(tf.math.in_top_k(labels64, logits, k5), tf.float32)),
                 "count": tf.cast(tf.shape(labels)[0], tf.float32),
+                "stop_votes": stop_vote,  # summed over all replicas with the metrics: every worker sees every request
             }
 
-        def step(batch):
-            out = backend.run_step(replica_step, batch)
-            for key, value in out.items():
-                self.sums[key].assign_add(tf.cast(value, tf.float64))
+        def step(batch, stop_vote):
+            out = backend.run_step(lambda replica_batch: replica_step(replica_batch, stop_vote), batch)
+            for key in self.sums:
+                self.sums[key].assign_add(tf.cast(out[key], tf.float64))
             self.state.step.assign_add(1)
+            return out["stop_votes"]
 
         return tf.function(step, jit_compile=cfg.train.jit_compile or None, reduce_retracing=True)
 
@@ -306,7 +325,7 @@ class _Loop:
             if self.writers and not self._images_logged:
                 self.writers.log_images(batch, int(self.state.step.numpy()))
                 self._images_logged = True
-            self._step_fn(batch)
+            stop.agree(float(self._step_fn(batch, tf.constant(float(stop.requested)))))
             if self.writers and not self._first_step_logged:
                 self.writers.log_scalar("seconds_to_first_step", time.time() - PROCESS_START,
                                         int(self.state.step.numpy()))

@@ -257,6 +257,29 @@ def test_multiworker_backend_contract_then_chief_killed(tmp_path):
         _stop_all(procs)
 
 
+SIGTERM_PROBE = """
+import os, signal, time
+from job.config import DistributeConfig
+seen = []
+signal.signal(signal.SIGTERM, lambda *_: seen.append("SIGTERM"))  # the trainer's handler is installed this early
+from job.distribute.multiworker import MultiWorkerBackend
+MultiWorkerBackend(DistributeConfig(backend="multiworker"))
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.5)
+print("handled:", seen)
+"""
+
+
+@pytest.mark.slow
+def test_multiworker_backend_keeps_the_trainers_sigterm_handler():
+    # TF's coordination service installs its own SIGTERM handler when the strategy is created (measured with TF 2.21);
+    # the trainer would then never hear a pod's SIGTERM and run on until SIGKILL without committing a checkpoint.
+    env = _multiworker_env(0, _free_ports(1))
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_PROBE], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "handled: ['SIGTERM']" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
 @pytest.fixture
 def gloo_rendezvous():
     """Horovod's own rendezvous server, so the test starts (and stops) the ranks itself instead of horovodrun."""

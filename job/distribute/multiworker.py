@@ -14,8 +14,10 @@ peer makes the survivors fail with a peer-lost error instead of hanging forever.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -65,6 +67,26 @@ def tf_config_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     )
 
 
+@contextlib.contextmanager
+def _keeping_sigterm_handler():
+    """Creating the strategy starts TF's coordination service, whose preemption notifier installs a C-level SIGTERM
+    handler over Python's (measured with TF 2.21): the trainer would then never see SIGTERM, and a deleted pod would
+    run on until SIGKILL instead of committing a checkpoint. Python still reports its own handler, so putting that one
+    back restores it (TF's notifier only feeds PreemptionCheckpointHandler, which the trainer does not use)."""
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except ValueError:  # not the main thread: signals cannot be handled here anyway
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            try:
+                signal.signal(signal.SIGTERM, previous)
+            except ValueError:
+                pass
+
+
 def worker_position(tf_config: Mapping[str, Any]) -> tuple[int, int]:
     """(index, count) of this process among all workers; a `chief` task, when present, is index 0."""
     cluster, task = tf_config["cluster"], tf_config["task"]
@@ -87,10 +109,11 @@ class MultiWorkerBackend(Backend):
             cluster, task_type=task["type"], task_id=int(task["index"]), rpc_layer="grpc"
         )
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cfg.collective_timeout_seconds)
-        # Must run before any other TensorFlow op: it starts this worker's gRPC server and configures collectives.
-        self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
-            cluster_resolver=resolver, communication_options=options
-        )
+        with _keeping_sigterm_handler():
+            # Must run before any other TensorFlow op: it starts this worker's gRPC server and configures collectives.
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                cluster_resolver=resolver, communication_options=options
+            )
 
     @property
     def num_replicas(self) -> int:
