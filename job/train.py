@@ -272,7 +272,9 @@ class _Loop:
                 "correct1": tf.reduce_sum(tf.cast(tf.math.in_top_k(labels64, logits, 1), tf.float32)),
                 "correct5": tf.reduce_sum(tf.cast(tf.math.in_top_k(labels64, logits, k5), tf.float32)),
                 "count": tf.cast(tf.shape(labels)[0], tf.float32),
-                "stop_votes": stop_vote,  # summed over all replicas with the metrics: every worker sees every request
+                # Summed over all replicas with the metrics, so every worker sees every worker's request. (identity:
+                # a per-replica value; the captured tensor itself cannot be reduced by MirroredStrategy.)
+                "stop_votes": tf.identity(stop_vote),
             }
 
         def step(batch, stop_vote):
