@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trainer_runs import free_loopback_ports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -146,17 +146,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _multiworker_env(index: int, ports: list[int]) -> dict[str, str]:
     """A Kubernetes Indexed Job's view: this pod's index plus every worker's address."""
     return _env(JOB_COMPLETION_INDEX=str(index), WORKER_HOSTS=",".join(f"127.0.0.1:{p}" for p in ports))
@@ -245,7 +234,7 @@ def _lose_one_and_watch_the_other(procs: list[subprocess.Popen], logs: list[Path
 def test_multiworker_backend_contract_then_chief_killed(tmp_path):
     # Killing the chief is the harder case: it also leads TF's coordination service. (A SIGSTOPped peer was measured
     # to end the survivor the same way after about 12 s: the coordination service's heartbeat timeout.)
-    ports = _free_ports(2)
+    ports = free_loopback_ports(2)
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
     procs = [_start(_dist_train("multiworker", tmp_path), _multiworker_env(i, ports), logs[i]) for i in range(2)]
     try:
@@ -274,7 +263,7 @@ print("handled:", seen)
 def test_multiworker_backend_keeps_the_trainers_sigterm_handler():
     # TF's coordination service installs its own SIGTERM handler when the strategy is created (measured with TF 2.21);
     # the trainer would then never hear a pod's SIGTERM and run on until SIGKILL without committing a checkpoint.
-    env = _multiworker_env(0, _free_ports(1))
+    env = _multiworker_env(0, free_loopback_ports(1))
     proc = subprocess.run([sys.executable, "-c", SIGTERM_PROBE], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and "handled: ['SIGTERM']" in proc.stdout, proc.stdout + proc.stderr[-3000:]
@@ -355,7 +344,7 @@ def _assert_same_training(run_dir: Path, reference: Path) -> None:
 
 @pytest.mark.slow
 def test_trainer_on_two_multiworker_processes_matches_one_process(tmp_path, single_process_trainer_run):
-    ports = _free_ports(2)
+    ports = free_loopback_ports(2)
     run_dir = tmp_path / "run"  # shared: the chief writes it, the other worker only takes part in the collectives
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
     procs = [_start(_job(run_dir, "multiworker"), _multiworker_env(i, ports), logs[i]) for i in range(2)]

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trainer_runs import free_loopback_ports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -66,17 +66,6 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _job(run_dir: Path, backend: str) -> list[str]:
     return [sys.executable, "-m", "job", "train", *JOB_ARGS, f"run.dir={run_dir}", f"distribute.backend={backend}"]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Workers:
@@ -132,7 +121,7 @@ class Workers:
 
 def _multiworker_envs() -> list[dict[str, str]]:
     """What a Kubernetes Indexed Job gives its pods: the pod's index and every worker's address."""
-    hosts = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_loopback_ports(2))
     return [_env(JOB_COMPLETION_INDEX=str(i), WORKER_HOSTS=hosts) for i in range(2)]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,3 +56,15 @@ def wait_for(predicate, timeout: float, process: subprocess.Popen | None = None,
 def kill_hard(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """Ports the kernel has just handed out on 127.0.0.1; all held open together so they differ from each other."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
