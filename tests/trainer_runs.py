@@ -68,3 +68,16 @@ def free_loopback_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM by pid, SIGKILL if it has not exited after `timeout` s. A process that already exited is only reaped
+    (its pid may belong to someone else by now)."""
+    if process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
