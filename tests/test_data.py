@@ -290,6 +290,15 @@ def test_train_dataset_shapes_and_ranges():
         assert images.min() >= 0 and images.max() <= 255
 
 
+def test_pipelines_run_without_tf_data_autotuning():
+    """Autotuning's thread can sleep up to a minute, and an iterator dropped mid-epoch (SIGTERM) waits for it to wake
+    before the preemption checkpoint can be saved (job/data/pipeline.py; docs/performance.md, 'Preemption')."""
+    x, y = indexed_images(64)
+    cut_short = train_dataset(x, y, DataConfig(augment=NO_AUGMENT), Shard(1, 0, 8), seed=0, epoch=0).take(2)
+    assert cut_short.options().autotune.enabled is False
+    assert eval_dataset(x, y, 16).options().autotune.enabled is False
+
+
 def test_epoch_order_is_deterministic_and_changes_with_epoch():
     x, y = indexed_images(64)
     cfg = DataConfig(augment=NO_AUGMENT)

@@ -11,6 +11,8 @@ into the dataset graph element by element. There is no shuffle buffer to size: t
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -24,6 +26,14 @@ from job.errors import ConfigError
 # CIFAR); this pipeline is already parallel and prefetched, so they have nothing to add.
 _OPTIONS = tf.data.Options()
 _OPTIONS.experimental_optimization.apply_default_optimizations = False
+# No autotuning: its thread sleeps between rounds (the pause doubles up to 60 s), and an iterator dropped before its
+# input ends, as on a SIGTERM mid-epoch, waits for that thread to wake: the preemption checkpoint waited up to a
+# minute (10-13 s measured 12-30 s into a CIFAR-sized epoch; 1.2 s without). Fixed settings lose nothing here: a core
+# makes 50,000-100,000 augmented images a second (docs/performance.md), so one batch in flight per core, at most 8
+# (several ranks share a host), outruns any GPU on CIFAR; two batches wait ready.
+_OPTIONS.autotune.enabled = False
+_PARALLEL_BATCHES = min(8, len(os.sched_getaffinity(0)))
+_PREFETCH_BATCHES = 2
 
 
 def steps_per_epoch(num_train: int, global_batch_size: int) -> int:
@@ -63,8 +73,8 @@ def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, s
         return augment_batch(tf.gather(images, ids), key, augment), tf.gather(labels, ids)
 
     dataset = tf.data.Dataset.range(skip_batches, len(batches))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_OPTIONS)
+    dataset = dataset.map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
+    return dataset.prefetch(_PREFETCH_BATCHES).with_options(_OPTIONS)
 
 
 def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shard: Shard | None = None) -> tf.data.Dataset:
@@ -79,8 +89,8 @@ def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shard: Shard | N
         return tf.cast(images[start:end], tf.float32), labels[start:end]
 
     dataset = tf.data.Dataset.range(-(-n // batch_size))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_OPTIONS)
+    dataset = dataset.map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
+    return dataset.prefetch(_PREFETCH_BATCHES).with_options(_OPTIONS)
 
 
 def shard_range(num_examples: int, shard: Shard | None) -> tuple[int, int]:
