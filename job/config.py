@@ -96,6 +96,9 @@ class RunConfig:
     work_dir: str = ""  # local working copy for remote runs; default: a folder under the system temp dir
     summary_flush_seconds: float = 60.0  # how often TensorBoard event files are flushed (and uploaded)
     progress: bool = True  # progress bar; off in CI logs
+    # train metrics (progress, TensorBoard scalars, the divergence check) every this many steps and at each epoch's
+    # end; 0: a quarter of an epoch, at most 100 steps. Each read waits for the steps queued before it.
+    log_every_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be positive, got {_get_dotted(cfg, key)}")
     if not 0.0 <= cfg.data.validation_split < 1.0:
         raise ConfigError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
+    if cfg.run.log_every_steps < 0:
+        raise ConfigError(f"run.log_every_steps must be 0 (a quarter of an epoch, at most 100) or positive, "
+                          f"got {cfg.run.log_every_steps}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
 

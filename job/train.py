@@ -326,7 +326,7 @@ class _Loop:
         dataset = self.backend.distribute_dataset(dataset_fn, cfg.train.batch_size)
         progress = EpochProgress(epoch + 1, total_epochs, self.steps_per_epoch, first, cfg.train.batch_size,
                                  enabled=cfg.run.progress and self.backend.is_chief)
-        log_every = max(1, min(100, self.steps_per_epoch // 4 or 1))
+        log_every = cfg.run.log_every_steps or max(1, min(100, self.steps_per_epoch // 4))
         epoch_totals = dict.fromkeys(self.sums, 0.0)
         interval_start = time.perf_counter()
         interval_steps = 0

@@ -66,6 +66,7 @@ def test_round_trip_through_yaml():
     (["model.name=resnet19"], "unknown model 'resnet19'"),
     (["data.name=cifar1000"], "data.name='cifar1000' is not one of"),
     (["optim.lr=-1"], "optim.lr must be positive"),
+    (["run.log_every_steps=-5"], "run.log_every_steps must be 0 (a quarter of an epoch, at most 100) or positive"),
     (["data.augment.flip=maybe"], "data.augment.flip must be bool"),
     (["train.epochs"], "is not key=value"),
 ])

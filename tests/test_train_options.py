@@ -40,6 +40,15 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
     assert "error: training diverged: the loss is nan" in result.stderr
 
 
+def test_train_metrics_are_logged_every_log_every_steps_and_at_each_epochs_end(tmp_path):
+    from bench.events import read_scalars
+
+    result = run_job("train", *BASE, "train.epochs=2", "run.log_every_steps=4", f"run.dir={tmp_path}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loss = read_scalars(tmp_path / "logs" / "train")["loss"]
+    assert [step for step, _ in loss] == [4, 6, 10, 12]  # 6 steps an epoch; the count restarts after each log
+
+
 def final_weights(run_dir):
     prefix = committed_prefix(run_dir)
     return {n: tf.train.load_variable(prefix, n) for n, _ in tf.train.list_variables(prefix)
