@@ -62,6 +62,17 @@ def test_tiny_bench_prints_one_table_and_writes_json(tmp_path):
     assert f"results written to {out}" in proc.stdout
 
 
+@pytest.mark.slow
+def test_profile_loop_runs_the_loop_epoch_by_epoch():
+    """bench/profile_loop.py, the process docs/performance.md profiles with py-spy: one line of figures per epoch."""
+    proc = subprocess.run([sys.executable, "-m", "bench.profile_loop", "cifar10_simple_cnn", "4", "2"], cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if " img/s, step " in line]
+    assert len(lines) == 2 and all("host between steps" in line for line in lines), proc.stdout
+
+
 # Multiply-adds of one forward pass, as the pruning and NAS literature tabulates them for the CIFAR networks (e.g.
 # He et al.'s ResNet-20/56: 40.8M and 125M; ResNet-18 for 32x32 inputs: 0.56G; VGG-16 for CIFAR: 313M).
 PUBLISHED_MACS = {"resnet20": 40.8e6, "resnet56": 125.0e6, "resnet18": 556e6, "vgg16": 313.7e6}
