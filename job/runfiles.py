@@ -11,6 +11,7 @@ from job.config import Config
 from job.data import Preprocess
 from job.errors import ConfigError
 from job.rundir import RunDir
+from job.runtime import seeded_weight_initialization
 
 log = logging.getLogger("job")
 
@@ -52,13 +53,14 @@ def load_run_config(run: RunDir) -> Config:
 
 def build_full_model(cfg: Config, num_classes: int, image_shape: tuple[int, ...]) -> keras.Model:
     """Raw pixels in [0, 255] -> preprocessing (its statistics are weights, so checkpoints and exports carry them)
-    -> the registry's classifier -> float32 logits."""
-    inputs = keras.Input(shape=tuple(image_shape), name="image", dtype="float32")
-    x = Preprocess(cfg.data.normalization, image_shape=tuple(image_shape), name="preprocess")(inputs)
-    classifier = modellib.build_model(cfg.model, num_classes, tuple(image_shape))
-    classifier.name = "classifier"
-    outputs = classifier(x)
-    return keras.Model(inputs, outputs, name=f"{cfg.model.name}_{cfg.data.name}")
+    -> the registry's classifier -> float32 logits. Its initial weights depend on train.seed alone."""
+    with seeded_weight_initialization(cfg.train.seed):
+        inputs = keras.Input(shape=tuple(image_shape), name="image", dtype="float32")
+        x = Preprocess(cfg.data.normalization, image_shape=tuple(image_shape), name="preprocess")(inputs)
+        classifier = modellib.build_model(cfg.model, num_classes, tuple(image_shape))
+        classifier.name = "classifier"
+        outputs = classifier(x)
+        return keras.Model(inputs, outputs, name=f"{cfg.model.name}_{cfg.data.name}")
 
 
 def export_model(run: RunDir, model: keras.Model) -> None:

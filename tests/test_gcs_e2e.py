@@ -144,6 +144,17 @@ def test_kill_minus_nine_wipe_the_disk_and_resume_from_the_bucket(gcs_server, gc
     assert stored_commits(url) == reference.commits  # the same checkpoints kept (newest 3 and the best)
 
 
+def test_a_local_run_ends_with_the_same_weights_as_the_same_run_on_gs(reference, tmp_path):
+    """Where the run lives changes nothing in what it trains: the gs:// client's uploads draw from Python's global
+    `random` on a background thread while the model is built (job/runtime.py, seeded_weight_initialization)."""
+    local = tmp_path / "run"
+    done = run_job("train", *TINY, f"run.dir={local}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    step, weights = final_weights(str(local), tmp_path / "reader")
+    assert step == reference.step
+    assert_same_weights(weights, reference.weights)
+
+
 def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous_one(gcs_server, gcs_bucket, reference, tmp_path):
     """A finished run's newest checkpoint gets one byte flipped in the bucket; the same command again must notice,
     say so, resume from the previous checkpoint and end with the same weights."""

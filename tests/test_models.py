@@ -312,3 +312,36 @@ def test_imagenet_weights_without_network_say_which_file_to_place_where(tmp_path
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / "keras" / "models") in message
     assert "model.weights=PATH" in message
+
+
+def test_initial_weights_depend_on_the_seed_alone_even_while_other_threads_draw_from_random():
+    """Keras takes initializer and dropout seeds from Python's global `random`, which the gs:// uploads on the run
+    directory's thread also draw from (google-cloud-storage: multipart boundaries, retry jitter). The model the
+    trainer builds must not depend on what other threads did meanwhile (job/runtime.py)."""
+    import random
+    import threading
+
+    from job.runfiles import build_full_model
+
+    cfg = load_config("digits_resnet20", ["model.name=simple_cnn", "model.dropout=0.25", "train.seed=3"])
+
+    def weights(model):
+        return [np.array(v.value) for v in model.variables]
+
+    random.seed(1)
+    first = weights(build_full_model(cfg, NUM_CLASSES, (32, 32, 3)))
+    done = threading.Event()
+    drawer = threading.Thread(target=lambda: [random.random() for _ in iter(done.is_set, True)], daemon=True)
+    random.seed(2)
+    drawer.start()
+    try:
+        second = weights(build_full_model(cfg, NUM_CLASSES, (32, 32, 3)))
+    finally:
+        done.set()
+        drawer.join()
+    assert len(first) == len(second) > 4
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    other_seed = weights(build_full_model(load_config("digits_resnet20", ["model.name=simple_cnn", "train.seed=4"]),
+                                          NUM_CLASSES, (32, 32, 3)))
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other_seed))
