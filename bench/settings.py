@@ -41,7 +41,7 @@ class Settings:
     # Both sides of (1): Keras fit gets the arrays as they are, so the loop trains on them unaugmented too (what the
     # augmentation costs is figure (2)); otherwise the loop would pay for crop and flip and fit for nothing. The loop
     # logs its train metrics every 100 steps, as in a CIFAR epoch (390 steps of 128), not every quarter of these short
-    # trials (every 2-6 steps): each log reads the metric sums, which waits for the queued steps.
+    # trials (every 5-12 steps): each log reads the metric sums, which waits for the queued steps.
     loop_vs_fit_overrides: tuple[str, ...] = ("data.augment.crop_padding=0", "data.augment.flip=false",
                                               "run.log_every_steps=100")
     gpu_overrides: tuple[str, ...] = ("train.precision=mixed_float16", "train.jit_compile=true")
