@@ -10,11 +10,15 @@ PYTEST_ARGS ?=
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TF_PACKAGE ?= $(if $(HAS_GPU),tensorflow[and-cuda]==2.21.0,tensorflow-cpu==2.21.0)
 
-.DEFAULT_GOAL := train
-.PHONY: install dev train test test-fast tensorboard presets bench clean
+.DEFAULT_GOAL := help
+.PHONY: help install dev train test test-fast lint tensorboard presets bench clean
 
 include docker/Makefile.inc
-include docker/Makefile.distributed.inc
+include scripts/Makefile.distributed.inc
+
+## this list: every documented target (a bare `make` prints it rather than starting a 200-epoch training)
+help:
+	@awk '/^## /{doc=substr($$0, 4); next} /^[a-zA-Z0-9_-]+:/ && doc {split($$0, t, ":"); printf "  make %-14s %s\n", t[1], doc} {doc=""}' $(MAKEFILE_LIST)
 
 install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
@@ -43,10 +47,15 @@ test: dev
 test-fast: dev
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+## ruff on the whole repository (ruff.toml); CI runs it
+lint: dev
+	$(VENV)/bin/ruff check .
+
 ## benchmarks (a few minutes): the loop vs Keras fit, the input pipeline, checkpoint blocking; docs/performance.md
 bench: dev
 	$(PY) -m bench.run
 
+## the bundled presets, one line each
 presets: install
 	$(PY) -m job presets
 

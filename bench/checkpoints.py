@@ -17,39 +17,24 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 from bench.worker import Sides
+from job.proc import cpu_ticks
 
 
 def setup_checkpoint(preset: str, overrides: list[str], gcs_url: str = "", gcs_pid: int = 0,
                      upload_timeout: float = 600.0) -> Sides:
-    import tensorflow as tf
-
-    from job import data as datalib
+    from job.builder import build_run, store_run_config
     from job.checkpoint import CheckpointStore
     from job.config import load_config
-    from job.optim import make_optimizer
     from job.rundir import RunDir
-    from job.runfiles import build_full_model, prepare_run_config
-    from job.runtime import configure
-    from job.train import TrainState, random_state_variables
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
     atexit.register(shutil.rmtree, scratch, True)  # also when the parent gives up before finish()
     cfg = load_config(preset, ["data.name=synthetic", "data.validation_split=0", f"run.dir={scratch / 'run'}",
                                *overrides])
-    configure(cfg)
-    splits = datalib.load_splits(cfg.data, cfg.train.seed)
-    steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size)
-    model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
-    optimizer = make_optimizer(cfg, steps_per_epoch)
-    state = TrainState.create()
-    optimizer.build(model.trainable_variables)
-    # the same objects job.train.train checkpoints
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=state.step, best_val_top1=state.best_val_top1,
-                               epochs_without_improvement=state.epochs_without_improvement,
-                               rng=random_state_variables(model))
+    parts = build_run(cfg, writers=False)  # the objects job.train.train checkpoints
+    ckpt, state, model = parts.checkpoint, parts.state, parts.model
     steps = iter(range(1, 1_000_000))
 
     def tf_write() -> dict:
@@ -77,17 +62,13 @@ def setup_checkpoint(preset: str, overrides: list[str], gcs_url: str = "", gcs_p
         run.raise_if_failed()
         return result
 
-    def saver(url: str, work_dir: str) -> tuple[RunDir, Callable[[], dict]]:
-        run = RunDir.open(url, work_dir)
-        prepare_run_config(run, cfg, write=True)
-        store = CheckpointStore(run, keep=cfg.checkpoint.keep)
-        return run, lambda: timed_save(run, store)
-
-    local_run, local_save = saver(str(scratch / "run"), "")
-    trials = {"TF write": tf_write, "local save": local_save}
-    runs = [local_run]
+    trials = {"TF write": tf_write, "local save": lambda: timed_save(parts.run, parts.store)}
+    runs = [parts.run]
     if gcs_url:
-        gcs_run, trials["gs:// save"] = saver(gcs_url, str(scratch / "gcs-work"))
+        gcs_run = RunDir.open(gcs_url, str(scratch / "gcs-work"))
+        store_run_config(gcs_run, cfg)
+        gcs_store = CheckpointStore(gcs_run, keep=cfg.checkpoint.keep)
+        trials["gs:// save"] = lambda: timed_save(gcs_run, gcs_store)
         runs.append(gcs_run)
 
     def finish() -> dict:
@@ -106,18 +87,11 @@ def _quiet(server_pid: int, timeout: float = 10.0) -> None:
     if not server_pid:
         return
     deadline = time.monotonic() + timeout
-    last = _cpu_ticks(server_pid)
+    last = cpu_ticks(server_pid)
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        now = _cpu_ticks(server_pid)
+        now = cpu_ticks(server_pid)
         if now == last:
             return
         last = now
 
-
-def _cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime + stime

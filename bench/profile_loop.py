@@ -3,7 +3,7 @@ timed epochs, each line the steady figures of one epoch.
 
     py-spy record -r 200 -f raw -o loop.txt -- .venv/bin/python -m bench.profile_loop cifar10_simple_cnn 48 6
 
-Aggregate the stacks under `_Loop.run_epoch` by the line they leave it from to see where the host's time goes
+Aggregate the stacks under `Loop.run_epoch` by the line they leave it from to see where the host's time goes
 (docs/performance.md, *Training loop*).
 """
 from __future__ import annotations

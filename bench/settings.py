@@ -47,6 +47,10 @@ class Settings:
     gpu_overrides: tuple[str, ...] = ("train.precision=mixed_float16", "train.jit_compile=true")
     gpu_steps_factor: int = 5  # GPU steps are short: more of them per trial
     epoch_images: int = 50_000  # a CIFAR training epoch
+    # (6) the run report: a CIFAR-100 test set (10,000 images) and a 200-epoch history
+    report_preset: str = "cifar100_simple_cnn"
+    report_examples: int = 10_000
+    report_epochs: int = 200
     pipeline_goal_ratio: float = 20.0
     pipeline_goal_per_core: float = 20_000.0
 
@@ -78,6 +82,8 @@ FULL = Settings(
 
 TINY = Settings(
     mode="tiny",
+    report_examples=300,
+    report_epochs=3,
     warmup=1,
     repeats=2,
     loop_cases=(LoopCase("simple_cnn", "cifar10_simple_cnn",

@@ -185,6 +185,28 @@ class Suite:
                 summarize(every), "img/s", f"{label} loop", rate, "img/s", ratio,
                 goal=f"≥ {s.pipeline_goal_ratio:.0f}×", met=judge(ratio, at_least=s.pipeline_goal_ratio)))
 
+    # -------------------------------------------------------------------------------------- (6) the run report
+
+    def report_page(self) -> None:
+        s = self.settings
+        (worker,) = self.start([("report", "report", {"preset": s.report_preset, "examples": s.report_examples,
+                                                      "epochs": s.report_epochs})])
+        try:
+            sides = [(worker, "report"), (worker, "predict")]
+            self.warm_up(sides)
+            results = self.measure(sides, s.repeats)
+        finally:
+            rss = {"report": worker.close()}
+        page = [r["seconds"] for r in results["report"]]
+        predict = [r["seconds"] for r in results["predict"]]
+        info = worker.info
+        self.figures.append(Figure(
+            "report", f"eval/report.html for {info['examples']:,} test images of {info['classes']} classes "
+            f"({info['epochs']} epochs of history) vs predicting them ({info['model']})", summarize(page), "s",
+            "predicting the test set", summarize(predict), "s", summarize(paired_ratios(page, predict)),
+            goal="seconds, not minutes", met=judge(summarize(page), at_most=60.0), peak_rss_mb=rss,
+            details={"results": results, "info": info}))
+
     # -------------------------------------------------------------------------------------- (3) checkpoints
 
     def checkpoints(self) -> None:

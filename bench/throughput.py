@@ -1,8 +1,5 @@
-"""Training throughput: the project's loop (job.train's _Loop, driven in-process exactly as job.train.train sets it up)
-against plain Keras `compile`/`fit` of the same model, batch, optimizer and in-memory data.
-
-This drives job.train's private _Loop (constructor, _set_phase, _step_fn, run_epoch): when those change, this module
-changes with them; tests/test_bench.py fails first.
+"""Training throughput: the project's loop (job.loop.Loop with the parts and hooks job.train.train runs with, built by
+job.builder) against plain Keras `compile`/`fit` of the same model, batch, optimizer and in-memory data.
 
 Both sides stamp the start of every step (the loop through a wrapper around its step function, fit through
 `on_train_batch_begin`, which keeps fit's asynchronous callback dispatch). The steady rate is taken between the second
@@ -60,67 +57,52 @@ def _steady(starts: list[float], cpu: list[float], ends: list[float], batch: int
 def setup_loop(preset: str, overrides: list[str], steps: int) -> Sides:
     import tensorflow as tf
 
-    from job import data as datalib
-    from job import train as trainlib
-    from job.distribute import make_backend
-    from job.optim import make_optimizer
-    from job.rundir import RunDir
-    from job.runfiles import build_full_model
-    from job.runtime import configure
-    from job.summaries import SummaryWriters
+    from job.builder import build_run
+    from job.hooks import default_hooks
+    from job.loop import Loop
+    from job.stopping import StopRequest
 
-    cfg = _config(preset, overrides, steps, _scratch("bench-loop-"))
-    configure(cfg)
-    backend = make_backend(cfg)
-    splits = datalib.load_splits(cfg.data, cfg.train.seed)
-    run = RunDir.open(cfg.run_dir, cfg.run.work_dir, cfg.run.summary_flush_seconds)
-    steps_per_epoch = min(datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size), steps)
-    # The same set-up as job.train.train, minus checkpointing and evaluation.
-    with backend.scope():
-        model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
-        optimizer = make_optimizer(cfg, steps_per_epoch)
-        state = trainlib.TrainState.create()
-        optimizer.build(model.trainable_variables)
-    model.get_layer("preprocess").set_stats(datalib.fit_preprocessing(splits.x_train, cfg.data.normalization))
-    writers = SummaryWriters(run, cfg)
-    loop = trainlib._Loop(cfg, backend, model, optimizer, state, splits, steps_per_epoch, writers)
-
-    loop._set_phase(0)  # makes the step function; run_epoch keeps it while the phase stays the same
-    step_fn = loop._step_fn
+    # The parts and hooks of job.train.train; checkpoints never fall due (checkpoint.every_steps is huge).
+    parts = build_run(_config(preset, overrides, steps, _scratch("bench-loop-")))
+    parts.restore_or_initialize()
+    loop = Loop(parts, default_hooks(parts), StopRequest())
     starts: list[float] = []
     cpu: list[float] = []
     ends: list[float] = []
 
-    def timed_step(*args):
-        starts.append(time.perf_counter())
-        cpu.append(time.process_time())
-        out = step_fn(*args)
-        ends.append(time.perf_counter())
-        return out
+    def timed(step_fn):
+        def timed_step(*args):
+            starts.append(time.perf_counter())
+            cpu.append(time.process_time())
+            out = step_fn(*args)
+            ends.append(time.perf_counter())
+            return out
 
-    loop._step_fn = timed_step
+        return timed_step
+
+    loop.instrument_step(timed)
 
     def trial() -> dict:
         for stamps in (starts, cpu, ends):
             stamps.clear()
-        epoch = int(state.step.numpy()) // steps_per_epoch
+        epoch = loop.step // parts.steps_per_epoch
         began = time.perf_counter()
-        loop.run_epoch(epoch, cfg.train.epochs, trainlib.StopRequested(), lambda metrics=None: None)
-        result = _steady(starts, cpu, ends, cfg.train.batch_size, time.perf_counter() - began)
+        loop.run_epoch(epoch)
+        result = _steady(starts, cpu, ends, parts.cfg.train.batch_size, time.perf_counter() - began)
         if tf.config.list_physical_devices("GPU"):
             result.pop("host_seconds_per_step")  # a step call returns before the GPU is done: not meaningful
         return result
 
-    return Sides(trials={"loop": trial}, info=_model_info(cfg, model))
+    return Sides(trials={"loop": trial}, info=_model_info(parts.cfg, parts.model))
 
 
 def setup_fit(preset: str, overrides: list[str], steps: int) -> Sides:
     import keras
 
     from job import data as datalib
+    from job.builder import configure
+    from job.models.assembly import build_full_model
     from job.optim import make_optimizer
-    from job.runfiles import build_full_model
-    from job.runtime import configure
 
     cfg = _config(preset, overrides, steps, _scratch("bench-fit-"))
     configure(cfg)  # seed and precision policy, as the trainer

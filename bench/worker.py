@@ -16,9 +16,9 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 _PREFIX = "@@bench "
@@ -29,6 +29,7 @@ KINDS = {
     "fit": "bench.throughput:setup_fit",
     "pipeline": "bench.pipeline:setup_pipeline",
     "checkpoint": "bench.checkpoints:setup_checkpoint",
+    "report": "bench.report_page:setup_report_page",
 }
 
 
@@ -122,7 +123,8 @@ class Worker:
             message = self._answers.get(timeout=self.timeout)
         except queue.Empty:
             self.kill(now=True)
-            raise WorkerError(f"worker {self.name} did not answer within {self.timeout:.0f} s\n{self.log_tail()}")
+            raise WorkerError(
+                f"worker {self.name} did not answer within {self.timeout:.0f} s\n{self.log_tail()}") from None
         if message is None:
             raise WorkerError(f"worker {self.name} exited unexpectedly\n{self.log_tail()}")
         self._pending -= 1

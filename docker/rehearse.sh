@@ -26,11 +26,12 @@ echo "[rehearse] image $image ready in $build_seconds s"
 
 start=$SECONDS
 status=0
-"$venv/bin/python" "$repo/tests/rehearsal/rehearse.py" --image "$image" --out "$out" || status=$?
+cd "$repo"  # the rehearsals import the test helpers as the package tests
+"$venv/bin/python" -m tests.rehearsal.rehearse --image "$image" --out "$out" || status=$?
 times="image build ${build_seconds} s, job.yaml rehearsal $((SECONDS - start)) s"
 if [[ "${WITH_HOROVOD:-1}" == 1 && $status == 0 ]]; then
   start=$SECONDS
-  "$venv/bin/python" "$repo/tests/rehearsal/rehearse_mpi.py" --image "$image" --out "$out" || status=$?
+  "$venv/bin/python" -m tests.rehearsal.rehearse_mpi --image "$image" --out "$out" || status=$?
   times="$times, MPIJob launch rehearsal $((SECONDS - start)) s"
 fi
 echo "[rehearse] times: $times ($([[ $status == 0 ]] && echo passed || echo FAILED); logs in $out)"

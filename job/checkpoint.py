@@ -27,14 +27,14 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from job.errors import UserError
+from job.errors import UserError, first_line
+from job.metrics import BEST_METRIC
 from job.rundir import RunDir
 from job.storage import AlreadyExistsError, LocalStorage, crc32c_of_file
 
 log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
-BEST_METRIC = "val_top1"
 _OWN_COMMITS_TIMEOUT = 600.0  # seconds latest()/best() wait for this store's queued commits (uploads, for gs://)
 _COMMIT_RE = re.compile(r"ckpt-(\d+)\.commit\.json")
 _PREFIX_RE = re.compile(r"ckpt-(\d+)(?:-[0-9a-f]{8})?")
@@ -248,7 +248,8 @@ class CheckpointStore:
         return sorted(steps)
 
     def _manifest(self, step: int) -> dict | None:
-        """The commit object of `step`; None if it vanished (pruned meanwhile). Raises DamagedCheckpoint if unreadable."""
+        """The commit object of `step`; None if it vanished (pruned meanwhile). Raises DamagedCheckpoint if
+        unreadable."""
         if step not in self._manifests:
             try:
                 data = self.storage.read_bytes(_commit_path(step))
@@ -271,7 +272,7 @@ class CheckpointStore:
         return self._manifests[step]
 
     def _by_metric(self, steps) -> list[int]:
-        """The steps whose metrics have a numeric val_top1, best first (the newest first among equals)."""
+        """The steps whose metrics have a numeric BEST_METRIC, best first (the newest first among equals)."""
         scored = []
         for step in steps:
             try:
@@ -337,7 +338,7 @@ class CheckpointStore:
         return self._first_usable(sorted(self.committed_steps(), reverse=True), "committed")
 
     def best(self) -> Committed | None:
-        """The committed checkpoint with the highest metrics['val_top1'] among those that verify."""
+        """The committed checkpoint with the highest metrics[BEST_METRIC] among those that verify."""
         self._wait_for_own_commits()
         return self._first_usable(self._by_metric(self.committed_steps()), "scored")
 
@@ -347,7 +348,7 @@ class CheckpointStore:
             status.assert_existing_objects_matched()
         except AssertionError as e:
             raise UserError(f"checkpoint {committed.prefix} does not match what is being restored (was the model "
-                            f"or optimizer config changed?): {str(e).splitlines()[0][:200]}") from None
+                            f"or optimizer config changed?): {first_line(e, 200)}") from None
         status.expect_partial()  # values of objects not built yet (e.g. optimizer slots) are restored when they are
         self._saved[committed.step] = committed.prefix  # saving it again (preempted right after resuming): a no-op
 

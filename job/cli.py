@@ -1,11 +1,11 @@
-"""`python -m job` and the `job` console script: train, evaluate, presets, config, relay."""
+"""`python -m job` and the `job` console script: train, evaluate, status, presets, config, relay."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 
-from job.errors import EXIT_CRASH, UserError
+from job.errors import EXIT_CRASH, UserError, first_line
 from job.relay import TARGETS as RELAY_TARGETS
 
 log = logging.getLogger("job")
@@ -25,6 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run-dir", required=True, help="the run directory (local path or gs://)")
     evaluate.add_argument("--checkpoint", default="", help="latest (default), best, or a checkpoint prefix")
 
+    report = sub.add_parser("report", help="make a run's eval/report.html again (also made at the end of training)")
+    report.add_argument("--run-dir", required=True, help="the run directory (local path or gs://)")
+    report.add_argument("--checkpoint", default="latest", help="latest (default) or best")
+
+    compare = sub.add_parser("compare", help="runs side by side: a table, and compare.html with their curves and "
+                                             "per-class F1 (reads the runs only; no TensorFlow)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (local paths or gs://)")
+    compare.add_argument("--out", default="compare.html", help="where the page goes (a path, directory or gs://)")
+
     sub.add_parser("presets", help="list the bundled presets")
 
     relay = sub.add_parser("relay", help="run a command and pass a pod's SIGTERM on to the trainers it starts "
@@ -33,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="descendants: SIGTERM to every `python -m job` below the command (workers running sshd); "
                             "child-as-usr1: SIGUSR1 to the command (mpirun, which passes it on to every rank)")
     relay.add_argument("relayed", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+
+    status = sub.add_parser("status", help="where a run is: phase, step, ETA, checkpoint, starts, metrics, log "
+                                           "(reads the run only; no TensorFlow)")
+    status.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (local path or gs://)")
+    status.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
+    status.add_argument("--json", action="store_true", help="one JSON object (per refresh) for scripts")
+    status.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
+    status.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
+                        help="call a running run's heartbeat lost after this long (default: 3 flush intervals, "
+                             "at least 10 s)")
 
     show = sub.add_parser("config", help="print the effective config of a preset with overrides")
     show.add_argument("--config", default="cifar100_resnet18", help="preset name or YAML path")
@@ -56,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         from job.errors import EXIT_PEER_LOST
 
         if is_peer_lost_error(e):
-            print(f"error: lost contact with another worker ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            print(f"error: lost contact with another worker ({type(e).__name__}: {first_line(e)}); "
                   "restart the job to resume from the last checkpoint", file=sys.stderr)
             return EXIT_PEER_LOST
         log.exception("training crashed")
@@ -99,6 +118,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not command:
             raise UserError("relay needs a command after --, e.g. python -m job relay --to descendants -- sshd -D")
         return relay(command, args.to)
+    if args.command == "status":
+        from job.status import main as status
+
+        return status(args.run_dir, watch=args.watch, as_json=args.json, interval=args.interval,
+                      stale_after=args.stale_after)
+    if args.command in ("report", "compare"):
+        from job.report import commands
+
+        if args.command == "report":
+            return commands.report(args.run_dir, args.checkpoint)
+        return commands.compare(args.run_dirs, args.out)
     if args.command == "evaluate":
         from job.evaluate import evaluate_run
 

@@ -1,24 +1,29 @@
 """The one config schema: frozen dataclasses with defaults in code, YAML presets and `a.b=value` overrides on top.
 
-A preset only states what differs from the defaults. Every value is checked against the type the schema declares,
-and an unknown key is refused with the valid keys near it listed.
+A preset only states what differs from the defaults; a YAML file names the preset (or another file) it inherits with
+`base:` and states only what differs from that. Every value is checked against the type the schema declares and the
+range in RANGES, and an unknown key is refused with the valid keys near it listed. The names of models, datasets and
+backends come from their registries (job/models, job/data/splits.py, job/distribute), and the chosen model family's
+and dataset's own rules are checked too: all before TensorFlow starts.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
-from job.errors import ConfigError
+from job.errors import ConfigError, first_line
 
 PRESET_DIR = Path(__file__).parent / "configs"
+BASE_KEY = "base"  # a config file's parent: a preset name or a YAML path; consumed by load_config, not in Config
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class OptimizerConfig:
     lr: float = 0.2  # per 256 images (0.1 at batch 128); the effective LR is lr * global_batch / 256
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4  # decoupled for adamw; added to the loss as L2 for sgd
+    weight_decay: float = 5e-4  # decoupled (Keras' weight_decay) for both; skips biases and norm parameters
     clip_norm: float = 0.0  # global gradient norm clip; 0 turns it off
     label_smoothing: float = 0.0
     schedule: str = "cosine"  # cosine | step | constant
@@ -124,14 +129,61 @@ class Config:
         return self.run.dir.replace("{preset}", self.preset)
 
 
+# The keys with a fixed list of values. data.name, model.name and distribute.backend take theirs from the registries
+# (choices()).
 CHOICES = {
-    "data.name": ("cifar10", "cifar100", "digits", "synthetic"),
-    "data.label_mode": ("fine", "coarse"),
     "data.normalization": ("standardize", "gcn_zca", "none"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant"),
     "train.precision": ("float32", "mixed_float16", "mixed_bfloat16"),
-    "distribute.backend": ("auto", "single", "mirrored", "multiworker", "horovod"),
+}
+
+
+class Range(NamedTuple):
+    """The allowed values of a numeric key: from `low` to `high` (None: unbounded), `ends` saying which of them are
+    allowed ("[]", "[)", "(]", "()"), plus 0 when `zero` says what 0 means there."""
+
+    low: float | None
+    high: float | None
+    ends: str = "[]"
+    zero: str = ""
+
+
+# Every int and float key of the schema (tests check that none is missing); a tuple key's items each.
+RANGES = {
+    "data.validation_split": Range(0, 1, "[)"),
+    "data.synthetic_examples": Range(0, None, "()"),
+    "data.augment.crop_padding": Range(0, None, "[)"),
+    "data.augment.rotation_degrees": Range(0, 180),
+    "data.augment.zoom": Range(0, 1, "[)"),
+    "data.augment.cutout": Range(0, None, "[)"),  # below the image side: the dataset's check
+    "model.dropout": Range(0, 1, "[)"),
+    "model.l2": Range(0, None, "[)"),
+    "model.input_size": Range(32, None, "[)", zero="the model's default, 224"),  # keras.applications' smallest
+    "model.unfreeze_top": Range(0, None, "[)"),  # within the backbone: the model family's check
+    "optim.lr": Range(0, None, "()"),
+    "optim.momentum": Range(0, 1, "[)"),
+    "optim.weight_decay": Range(0, None, "[)"),
+    "optim.clip_norm": Range(0, None, "[)"),
+    "optim.label_smoothing": Range(0, 1, "[)"),
+    "optim.warmup_epochs": Range(0, None, "[)"),
+    "optim.step_epochs": Range(0, None, "()"),  # and increasing: validate()
+    "optim.step_factor": Range(0, 1, "(]"),
+    "train.epochs": Range(0, None, "()"),
+    "train.batch_size": Range(0, None, "()"),
+    "train.seed": Range(0, 2**32 - 1),  # numpy's seed range (keras.utils.set_random_seed seeds numpy with it)
+    "train.finetune_epochs": Range(0, None, "[)"),
+    "train.finetune_lr_factor": Range(0, None, "()"),
+    "train.early_stopping_patience": Range(0, None, "[)"),
+    "train.eval_batch_size": Range(0, None, "()"),
+    "train.max_steps_per_epoch": Range(0, None, "[)"),
+    "checkpoint.every_steps": Range(0, None, "()"),
+    "checkpoint.keep": Range(0, None, "()"),
+    "checkpoint.upload_timeout_seconds": Range(0, None, "()"),
+    "run.summary_flush_seconds": Range(0, None, "()"),
+    "run.log_every_steps": Range(0, None, "()", zero="a quarter of an epoch, at most 100"),
+    "distribute.collective_timeout_seconds": Range(0, None, "()"),
+    "distribute.cpu_devices": Range(0, None, "[)"),
 }
 
 
@@ -157,38 +209,108 @@ def list_presets() -> dict[str, str]:
 
 
 def load_config(config: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the preset or YAML file `config`, then `key=value` overrides; validated."""
+    """Defaults, then the preset or YAML file `config` (with the chain of files it names as `base:`), then
+    `key=value` overrides; validated. The run's name (`preset`) is the preset's, or the file's stem unless the file
+    says `preset: NAME`."""
     tree: dict[str, Any] = {}
-    preset = "custom"
+    preset, inherited = "custom", set()
     if config:
-        path = Path(config)
-        if config.endswith((".yaml", ".yml")) or os.sep in config:
-            if not path.is_file():
-                raise ConfigError(f"config file {config} does not exist; give a preset name or a YAML path")
-            preset = path.stem
-        else:
-            path = PRESET_DIR / f"{config}.yaml"
-            if not path.is_file():
-                raise ConfigError(
-                    f"unknown preset {config!r}{_did_you_mean(config, list_presets())}; "
-                    "`python -m job presets` lists them"
-                )
-            preset = config
-        tree = parse_yaml(path.read_text(), str(path))
+        path, preset = _locate(config, None)
+        tree, inherited = _read_tree(path, ())
     tree.setdefault("preset", preset)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value; write e.g. train.epochs=10")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        key = key.strip()
+        if key == BASE_KEY:
+            raise ConfigError(f"{BASE_KEY} is a config file key; give the preset to start from as --config "
+                              f"{raw.strip() or 'NAME'}")
+        if key == "preset" and _bundled(raw.strip()) and raw.strip() not in inherited:
+            raise ConfigError(f"preset={raw.strip()} only names the run, it does not load that preset; use "
+                              f"--config {raw.strip()} to train it")
+        _set_dotted(tree, key, yaml.safe_load(raw) if raw.strip() else "")
     return from_dict(tree)
+
+
+def _locate(ref: str, base_of: Path | None) -> tuple[Path, str]:
+    """(path, run name) of a preset name or a YAML path; a path in a `base:` is relative to the file naming it."""
+    where = f" (the {BASE_KEY} of {base_of})" if base_of else ""
+    if ref.endswith((".yaml", ".yml")) or os.sep in ref or "/" in ref:
+        path = base_of.parent / ref if base_of else Path(ref)
+        if path.is_dir():
+            raise ConfigError(f"config file {path}{where} is a directory; give a YAML file or a preset name")
+        if not path.exists():
+            raise ConfigError(f"config file {path}{where} does not exist; give a preset name or a YAML path")
+        return path, path.stem
+    if not _bundled(ref):
+        raise ConfigError(f"unknown preset {ref!r}{where}{_did_you_mean(ref, list_presets())}; "
+                          "`python -m job presets` lists them")
+    return PRESET_DIR / f"{ref}.yaml", ref
+
+
+def _bundled(name: str) -> bool:
+    return bool(name) and os.sep not in name and "/" not in name and (PRESET_DIR / f"{name}.yaml").is_file()
+
+
+def _read_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], set[str]]:
+    """The YAML file at `path` merged over the files its `base:` chain names, and the bundled presets in it."""
+    key = path.resolve()
+    if key in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(key):], key))
+        raise ConfigError(f"config files inherit from each other in a cycle ({cycle}); remove one of those "
+                          f"{BASE_KEY}: keys")
+    tree = parse_yaml(_read_text(path), str(path))
+    presets = {path.stem} if path.parent.resolve() == PRESET_DIR.resolve() else set()
+    inherited: dict[str, Any] = {}
+    if BASE_KEY in tree:
+        base = tree.pop(BASE_KEY)
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: {BASE_KEY} must be a preset name or a YAML path, got {base!r}")
+        base_path, _ = _locate(base.strip(), path)
+        inherited, base_presets = _read_tree(base_path, (*chain, key))
+        inherited.pop("preset", None)  # a file names its own runs, not those of the files inheriting it
+        presets |= base_presets
+    name = tree.get("preset")
+    # `preset: X` alone used to name the run X and train the defaults: refused unless the file states every key
+    # (a run's stored config.yaml does).
+    if isinstance(name, str) and _bundled(name) and name not in presets and not _states_every_key(tree):
+        raise ConfigError(f"{path}: `preset: {name}` only names the run, it does not load that preset; write "
+                          f"`{BASE_KEY}: {name}` to inherit it and state only what differs")
+    return _merge(inherited, tree), presets
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); "
+                          "save it as UTF-8 YAML") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror or type(e).__name__}); make it a readable "
+                          "YAML file") from None
+
+
+def _merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `under`, section by section; a value (a list too) replaces the one under it."""
+    merged = dict(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _states_every_key(tree: dict[str, Any]) -> bool:
+    return set(all_keys()) <= set(_flatten(tree))
 
 
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        raise ConfigError(f"{source} is not valid YAML ({first_line(e)}); fix the syntax") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{source} must be a YAML mapping of config sections, e.g. 'train: {{epochs: 10}}'")
     return tree
@@ -215,29 +337,59 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def choices() -> dict[str, tuple[str, ...]]:
+    """Every key with a list of allowed values; the registries own the names of datasets and backends."""
+    from job.data import DATASETS
+    from job.distribute import AUTO, BACKENDS
+
+    label_modes = tuple(dict.fromkeys(mode for spec in DATASETS.values() for mode in spec.num_classes))
+    return {"data.name": tuple(DATASETS), "data.label_mode": label_modes,
+            "distribute.backend": (AUTO, *BACKENDS), **CHOICES}
+
+
 def validate(cfg: Config) -> None:
-    for key, choices in CHOICES.items():
-        value = _get_dotted(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+    from job.data import DATASETS
     from job.models import MODELS  # the registry owns the list of model names
 
+    for key, allowed in choices().items():
+        value = _get_dotted(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}{_did_you_mean(value, allowed)}")
     if cfg.model.name not in MODELS:
         raise ConfigError(
             f"unknown model {cfg.model.name!r}{_did_you_mean(cfg.model.name, MODELS)}; "
             f"valid: {', '.join(sorted(MODELS))}"
         )
-    positive = ["train.epochs", "train.batch_size", "train.eval_batch_size", "checkpoint.every_steps", "checkpoint.keep"]
-    for key in positive:
-        if _get_dotted(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {_get_dotted(cfg, key)}")
-    if not 0.0 <= cfg.data.validation_split < 1.0:
-        raise ConfigError(f"data.validation_split must be in [0, 1), got {cfg.data.validation_split}")
-    if cfg.run.log_every_steps < 0:
-        raise ConfigError(f"run.log_every_steps must be 0 (a quarter of an epoch, at most 100) or positive, "
-                          f"got {cfg.run.log_every_steps}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    for key, allowed_range in RANGES.items():
+        value = _get_dotted(cfg, key)
+        for i, item in enumerate(value) if isinstance(value, tuple) else [(None, value)]:
+            _check_range(key if i is None else f"{key}[{i}]", item, allowed_range)
+    steps = cfg.optim.step_epochs
+    if any(a >= b for a, b in zip(steps, steps[1:])):
+        raise ConfigError(f"optim.step_epochs must be increasing, got {list(steps)}")
+    if cfg.optim.schedule == "step" and not steps:
+        raise ConfigError("optim.schedule=step needs optim.step_epochs, the epochs at which the LR drops, "
+                          "e.g. [80, 120]")
+    MODELS[cfg.model.name].check(cfg)
+    DATASETS[cfg.data.name].check(cfg)
+
+
+def _check_range(key: str, value: float, r: Range) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    above = r.low is None or (value >= r.low if r.ends[0] == "[" else value > r.low)
+    below = r.high is None or (value <= r.high if r.ends[1] == "]" else value < r.high)
+    if (above and below) or (r.zero and value == 0):
+        return
+    if r.high is not None:
+        allowed = f"in {r.ends[0]}{r.low}, {r.high}{r.ends[1]}"
+    elif r.low == 0 and r.ends[0] == "(":
+        allowed = "positive"
+    else:
+        allowed = f"{'>=' if r.ends[0] == '[' else '>'} {r.low}"
+    if r.zero:
+        allowed = f"0 ({r.zero}) or {allowed}"
+    raise ConfigError(f"{key} must be {allowed}, got {value}")
 
 
 def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
@@ -318,3 +470,29 @@ def _get_dotted(cfg: Any, key: str) -> Any:
     for part in key.split("."):
         cfg = getattr(cfg, part)
     return cfg
+
+
+# Changing any of these would make a run's checkpoints mean something else: refused on resume.
+# (`train.batch_size` is here because the step counter, and so the data position, is counted in global batches.)
+RUN_IDENTITY_KEYS = ("model.", "data.name", "data.label_mode", "data.normalization", "data.validation_split",
+                     "train.batch_size")
+
+
+def resume_conflict(stored: dict[str, Any], cfg: Config) -> str | None:
+    """Why `cfg` may not continue a run started with the config tree `stored`, or None if it may."""
+    before, now = _flatten(stored), _flatten(to_dict(cfg))
+    for key in now:
+        if key.startswith(RUN_IDENTITY_KEYS) and key in before and before[key] != now[key]:
+            return (f"was started with {key}={before[key]!r}, now {key}={now[key]!r}; resuming would mix two "
+                    f"different runs: use another run.dir, or set {key}={before[key]!r}")
+    return None
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat

@@ -28,3 +28,9 @@ EXIT_CRASH = 1  # unexpected error: counts against the Job's backoffLimit
 EXIT_USER_ERROR = UserError.exit_code  # bad config/input: retrying cannot help, the Job fails at once
 EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was committed, run the same command again to resume (EX_TEMPFAIL)
 EXIT_PEER_LOST = 76  # another worker died or a collective timed out: restart the whole job to resume
+
+
+def first_line(error: object, limit: int = 300) -> str:
+    """An exception (or any message) as one line for a one-line report: its first line, or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

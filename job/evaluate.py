@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from job import data as datalib
+from job.metrics import batch_sums, rates
 
 log = logging.getLogger("job")
 
@@ -30,9 +31,9 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, class_names: list[st
     labels = np.asarray(labels, np.int64)
     num_classes = logits.shape[1]
     predictions = logits.argmax(axis=1)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    top5 = np.argsort(-logits, axis=1)[:, :min(5, num_classes)]
+    # loss, top-1 and top-5 as training and validation define them (job.metrics), in float64 for the loss
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.constant(logits, tf.float64))
+    sums = {k: float(v) for k, v in batch_sums(tf.constant(logits), tf.constant(labels), per_example).items()}
 
     confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (labels, predictions), 1)
@@ -46,9 +47,7 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, class_names: list[st
 
     metrics: dict[str, Any] = {
         "examples": int(len(labels)),
-        "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
-        "top1": float((predictions == labels).mean()),
-        "top5": float((top5 == labels[:, None]).any(axis=1).mean()),
+        **rates(sums),
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
@@ -126,32 +125,25 @@ def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: s
 def evaluate_run(run_dir: str, checkpoint: str = "") -> dict[str, Any]:
     """`python -m job evaluate`: rebuild the run's model, restore a checkpoint (default: the newest committed one,
     `best` for the best by validation top-1, or a checkpoint prefix), evaluate and store."""
-    from job.checkpoint import CheckpointStore, Committed
+    from job.builder import build_for_evaluation
+    from job.checkpoint import Committed
     from job.errors import UserError
     from job.rundir import RunDir
-    from job.runfiles import build_full_model, load_run_config
-    from job.runtime import configure
 
-    run = RunDir.open(run_dir)
-    cfg = load_run_config(run)
-    configure(cfg)
-    splits = datalib.load_splits(cfg.data, cfg.train.seed)
-    model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
-    ckpt = tf.train.Checkpoint(model=model)
-    store = CheckpointStore(run, keep=cfg.checkpoint.keep)
+    parts = build_for_evaluation(RunDir.open(run_dir))
     if checkpoint in ("", "latest"):
-        chosen = store.latest()
+        chosen = parts.store.latest()
     elif checkpoint == "best":
-        chosen = store.best()
+        chosen = parts.store.best()
     else:
         if not tf.io.gfile.exists(checkpoint + ".index"):
             raise UserError(f"checkpoint {checkpoint} not found (expected {checkpoint}.index); give a checkpoint "
                             "prefix such as RUN/checkpoints/ckpt-1000, or 'latest' / 'best'")
         chosen = Committed(step=-1, prefix=checkpoint, metrics={})
     if chosen is None:
-        raise UserError(f"{run.url} has no committed checkpoint to evaluate; train first")
-    ckpt.read(chosen.prefix).expect_partial()
-    label = checkpoint or "latest"
-    metrics = evaluate_and_store(run, cfg, model, splits, step=chosen.step, label=label)
-    run.close(cfg.checkpoint.upload_timeout_seconds)
+        raise UserError(f"{parts.run.url} has no committed checkpoint to evaluate; train first")
+    parts.checkpoint.read(chosen.prefix).expect_partial()
+    metrics = evaluate_and_store(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step,
+                                 label=checkpoint or "latest")
+    parts.run.close(parts.cfg.checkpoint.upload_timeout_seconds)
     return metrics

@@ -29,7 +29,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         step = tf.cast(step, tf.float32)
         lr = tf.constant(self.base_lr, tf.float32)
         if self.kind == "cosine":
-            progress = tf.clip_by_value((step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 0.0, 1.0)
+            decay_steps = max(1, self.total_steps - self.warmup_steps)
+            progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
             lr = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
         elif self.kind == "step":
             for boundary in self.boundaries:

@@ -26,6 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from job.proc import stat_fields
+
 log = logging.getLogger(__name__)
 
 TARGETS = ("descendants", "child-as-usr1")
@@ -69,7 +71,7 @@ def trainer_descendants(root: int) -> list[int]:
         if not proc.name.isdigit():
             continue
         try:
-            stat = _stat_fields(proc)
+            stat = stat_fields(proc.name)
             argv[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile
             continue
@@ -107,11 +109,7 @@ def _wait_gone(pids: list[int], poll_seconds: float) -> None:
 
 def _is_zombie(pid: int) -> bool:
     try:
-        return _stat_fields(Path(f"/proc/{pid}"))[0] == "Z"
+        return stat_fields(pid)[0] == "Z"
     except OSError:
         return True
 
-
-def _stat_fields(proc: Path) -> list[str]:
-    """/proc/<pid>/stat after the command name (which may hold spaces): state, ppid, ..."""
-    return (proc / "stat").read_text().rsplit(")", 1)[1].split()

@@ -11,24 +11,30 @@ same time, the local write, wherever the run lives.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from job.errors import StorageUnavailableError, UserError
+from job.errors import StorageUnavailableError, UserError, first_line
 from job.storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 30.0  # seconds between retries of a failing upload while training goes on
 _CLOSING_BACKOFF = 1.0  # while close() waits, retry often so the queue drains soon after the bucket is back
+# Tests only, inert unless set: a regex; the first background task whose description matches it (e.g.
+# "checkpoint ckpt-10$") is announced with a warning "held for a test: <task>" and never run, nor anything queued after
+# it, so a test can kill the trainer with exactly the tasks before it done (tests/test_train.py).
+TEST_HOLD_ENV = "JOB_TEST_HOLD_TASK"
 
 
 @dataclass
@@ -55,12 +61,13 @@ class RunDir:
         self._closing = False
         self._stopped = False
         self._closed = False
+        self._test_hold = os.environ.get(TEST_HOLD_ENV, "")
         self._thread = threading.Thread(target=self._work, name=f"store {url}", daemon=True)
         self._thread.start()
 
     @classmethod
     def open(cls, url: str, work_dir: str = "", flush_seconds: float = 60.0,
-             retry_seconds: float | None = None) -> "RunDir":
+             retry_seconds: float | None = None) -> RunDir:
         """Check the run URL is usable (a one-line UserError if not) and set up the local working copy.
         `retry_seconds`: budget of each storage call (default: storage.default_retry_seconds())."""
         storage = open_storage(url, retry_seconds=retry_seconds)
@@ -112,6 +119,27 @@ class RunDir:
         for name in names:
             self.storage.get_file(name, self.local / name)
         return bool(names)
+
+    def read_json(self, relpath: str) -> dict | None:
+        """A JSON object in the run (downloaded first for a remote run: a new pod's working copy is empty); None if
+        absent, a UserError if it is not one."""
+        self.fetch(relpath)
+        return LocalStorage(self.local).read_json(relpath)
+
+    def read_record(self, relpath: str) -> dict:
+        """A record an earlier start left (status, history), or {} with a warning if it cannot be had: unreadable, or
+        the bucket unreachable right now. A record is worth less than the training it describes: never stop for it."""
+        try:
+            return self.read_json(relpath) or {}
+        except Exception as e:  # noqa: BLE001 - an outage (RetryError, ...), a damaged file: all mean "start anew"
+            log.warning("could not read the earlier %s of %s (%s: %s); starting a new one", relpath, self.url,
+                        type(e).__name__, first_line(e))
+            return {}
+
+    def write_json(self, relpath: str, value: object) -> None:
+        """Atomically into the working copy (a reader never sees half of it), then queued for upload."""
+        LocalStorage(self.local).write_bytes(relpath, json.dumps(value, indent=1).encode())
+        self.publish(relpath)
 
     def submit(self, task: Callable[[], None], what: str) -> None:
         """Run `task` on the background thread after everything queued before it. It is retried until it returns,
@@ -237,6 +265,9 @@ class RunDir:
                 self._next_scan = time.monotonic() + self.flush_seconds
                 self._scan_watched()
                 continue
+            if self._test_hold and re.search(self._test_hold, task.what):
+                log.warning("held for a test: %s", task.what)
+                threading.Event().wait()  # until the test kills the process
             try:
                 task.run()
             except UserError as e:
@@ -249,12 +280,12 @@ class RunDir:
                     self._cv.notify_all()
                 if dropped:
                     log.warning("not storing %d queued item(s) in %s after that error", len(dropped), self.url)
-            except Exception as e:  # transient beyond the storage retry budget: keep it queued and try again
+            except Exception as e:  # noqa: BLE001 - transient beyond the retry budget: keep it queued, try again
                 attempt += 1
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.warning("storing %s in %s failed (%s: %s); training goes on, retrying in the background",
-                                task.what, self.url, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                                task.what, self.url, type(e).__name__, first_line(e, 200))
                 with self._cv:
                     if task.key is not None:
                         self._queued_keys.add(task.key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import base64
 import getpass
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import google_crc32c
 
-from job.errors import StorageUnavailableError, UserError
+from job.errors import StorageUnavailableError, UserError, first_line
 
 DEFAULT_RETRY_SECONDS = 120.0
 RETRY_SECONDS_ENV = "JOB_STORAGE_RETRY_SECONDS"  # overrides the default retry budget of every gs:// call
@@ -58,7 +59,7 @@ def default_retry_seconds() -> float:
     return value
 
 
-def open_storage(url: str, retry_seconds: float | None = None) -> "Storage":
+def open_storage(url: str, retry_seconds: float | None = None) -> Storage:
     """A Storage for a local path or gs://bucket/prefix."""
     if url.startswith("gs://"):
         return GCSStorage(url, retry_seconds=default_retry_seconds() if retry_seconds is None else retry_seconds)
@@ -104,6 +105,19 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def delete(self, relpath: str) -> None:
         """Remove an object; absent is fine."""
+
+    def read_json(self, relpath: str) -> dict | None:
+        """The JSON object stored at `relpath` (a run's records: status, history, metrics); None if absent."""
+        try:
+            value = json.loads(self.read_bytes(relpath))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise UserError(f"{self.url}/{relpath} is not a JSON object as this trainer writes it; is something "
+                            "else writing there?")
+        return value
 
     @abc.abstractmethod
     def preflight(self) -> None:
@@ -224,10 +238,6 @@ def _crc32c_b64(value: int) -> str:
     return base64.b64encode(struct.pack(">I", value)).decode()
 
 
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-
-
 def _error_message(e) -> str:
     """The server's own message of an HTTP error, on one line."""
     message = getattr(e, "message", "") or str(e)
@@ -306,7 +316,7 @@ class GCSStorage(Storage):
             raise AlreadyExistsError(f"{self.url}/{relpath} exists already") from None
 
     def put_file(self, local_path: str | os.PathLike, relpath: str, attempts: int = 3) -> None:
-        for attempt in range(attempts):
+        for _ in range(attempts):
             expected = crc32c_of_file(local_path)
             blob = self._blob(relpath)
             blob.upload_from_filename(str(local_path), retry=self._retry, timeout=self._TIMEOUT, checksum="crc32c")
@@ -368,9 +378,9 @@ class GCSStorage(Storage):
             raise UserError(f"cannot use {self.url}: an object written there could not be read back") from None
         except UserError:
             raise
-        except Exception as e:  # transient errors that outlasted the retry budget
+        except Exception as e:  # noqa: BLE001 - transient errors that outlasted the retry budget
             raise StorageUnavailableError(f"cannot reach {self.url} within {self.retry_seconds:.0f} s of retries "
-                            f"({type(e).__name__}: {_first_line(e)}); check the network or "
+                            f"({type(e).__name__}: {first_line(e)}); check the network or "
                             f"STORAGE_EMULATOR_HOST") from None
 
 
@@ -391,7 +401,7 @@ def _client_args() -> tuple[dict, str]:
         credentials, project = google.auth.default(
             scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
     except DefaultCredentialsError as e:
-        raise UserError(f"no usable Google Cloud credentials for gs:// storage ({_first_line(e)}): run `gcloud auth "
+        raise UserError(f"no usable Google Cloud credentials for gs:// storage ({first_line(e)}): run `gcloud auth "
                         f"application-default login`, set GOOGLE_APPLICATION_CREDENTIALS to a key file, or give the "
                         f"pod a Workload Identity") from None
     email = getattr(credentials, "service_account_email", None)

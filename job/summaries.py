@@ -19,12 +19,13 @@ class SummaryWriters:
         self.eval = tf.summary.create_file_writer(str(logs / "eval"), flush_millis=flush_ms)
         run.watch("logs")
 
-    def log_train(self, step: int, stats: dict[str, float], lr: float) -> None:
+    def log_train(self, step: int, stats: dict[str, float]) -> None:
+        """`stats`: an interval's figures (job.metrics.interval_stats plus the learning rate `lr`)."""
         with self.train.as_default(step=step):
             tf.summary.scalar("loss", stats["loss"])
             tf.summary.scalar("top1", stats["top1"])
             tf.summary.scalar("top5", stats["top5"])
-            tf.summary.scalar("learning_rate", lr)
+            tf.summary.scalar("learning_rate", stats["lr"])
             tf.summary.scalar("images_per_second", stats["images_per_second"])
             tf.summary.scalar("step_seconds", stats["step_seconds"])
 
@@ -33,10 +34,10 @@ class SummaryWriters:
             tf.summary.scalar(name, value)
 
     def log_validation(self, step: int, metrics: dict[str, float]) -> None:
+        """`metrics`: job.metrics.validation_metrics, logged under the train scalars' names in the validation run."""
         with self.val.as_default(step=step):
-            tf.summary.scalar("loss", metrics["val_loss"])
-            tf.summary.scalar("top1", metrics["val_top1"])
-            tf.summary.scalar("top5", metrics["val_top5"])
+            for name, value in metrics.items():
+                tf.summary.scalar(name.removeprefix("val_"), value)
         self.val.flush()
 
     def log_images(self, batch, step: int) -> None:

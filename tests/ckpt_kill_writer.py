@@ -4,10 +4,12 @@ can tell a consistent restore from a mixed one.
 
 Importing TensorFlow takes seconds, so this process imports it once and forks one writer per trial (before any TF
 op has run, so the child initialises TF's runtime itself). Protocol on stdin/stdout, one line each:
-    test -> "RUN_URL WORK_DIR SEED DELAY_SECONDS"
-    this -> "killed" once the writer forked for it was SIGKILLed after DELAY_SECONDS and reaped,
-            or "exited STATUS" if it ended by itself first (a failure of the writer; its stderr tells why)
-"ready" is printed once at start; EOF on stdin ends the process.
+    test -> "start RUN_URL WORK_DIR SEED [NAME=VALUE ...]"
+                    fork a writer, with the environment variables given set (e.g. its own STORAGE_EMULATOR_HOST)
+    this -> "started PID"
+    test -> "kill"  SIGKILL the writer and reap it
+    this -> "killed", or "exited STATUS" if it ended by itself first (a failure of the writer; its stderr tells why)
+"ready" is printed once at start; EOF on stdin ends the process (and kills a writer still running).
 """
 import os
 import random
@@ -22,7 +24,7 @@ import tensorflow as tf  # noqa: E402
 from job.checkpoint import CheckpointStore  # noqa: E402
 from job.rundir import RunDir  # noqa: E402
 
-SHAPE = (128, 128)  # 64 KB of weights: uploads take long enough for kills to land inside them
+SHAPE = (128, 128)  # 64 KB of weights
 
 
 def make_checkpoint() -> tf.train.Checkpoint:
@@ -52,23 +54,27 @@ def write_forever(url: str, work_dir: str, seed: int) -> None:
             time.sleep(0.01)
 
 
-def run_and_kill(url: str, work_dir: str, seed: int, delay: float) -> str:
+def start(url: str, work_dir: str, seed: str, *env: str) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         status = 1
         try:
-            write_forever(url, work_dir, seed)
-        except BaseException:
+            os.environ.update(item.split("=", 1) for item in env)
+            write_forever(url, work_dir, int(seed))
+        except BaseException:  # noqa: BLE001 - whatever ends the writer is printed for the test, then it exits 1
             import traceback
             traceback.print_exc()
         finally:
             os._exit(status)
-    deadline = time.monotonic() + delay
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return f"exited {status}"
-        time.sleep(0.005)
+    return pid
+
+
+def kill(pid: int) -> str:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        return f"exited {status}"
     os.kill(pid, signal.SIGKILL)  # our own unreaped child: its pid cannot have been reused
     os.waitpid(pid, 0)
     return "killed"
@@ -76,9 +82,18 @@ def run_and_kill(url: str, work_dir: str, seed: int, delay: float) -> str:
 
 def main() -> None:
     print("ready", flush=True)
+    child = None
     for line in sys.stdin:
-        url, work_dir, seed, delay = line.split()
-        print(run_and_kill(url, work_dir, int(seed), float(delay)), flush=True)
+        command, *rest = line.split()
+        if command == "start":
+            assert child is None, "one writer at a time"
+            child = start(*rest)
+            print(f"started {child}", flush=True)
+        elif command == "kill":
+            print(kill(child), flush=True)
+            child = None
+    if child is not None:
+        kill(child)
 
 
 if __name__ == "__main__":

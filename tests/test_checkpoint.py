@@ -1,4 +1,5 @@
-"""CheckpointStore: the commit protocol on a local run dir and on gs:// (a real fake-gcs-server), real TF checkpoints."""
+"""CheckpointStore: the commit protocol on a local run dir and on gs:// (a real fake-gcs-server), real TF
+checkpoints."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -9,23 +10,19 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from ckpt_kill_writer import make_checkpoint, set_state  # test helpers: pytest.ini puts tests/ on the path
+from gcs_proxy import GcsProxy
 from job.checkpoint import CheckpointStore
 from job.errors import UserError
 from job.rundir import RunDir
 from job.storage import open_storage
-
-try:  # tests/ is on sys.path (conftest.py)
-    from ckpt_kill_writer import make_checkpoint, set_state
-    from gcs_server import gcs_bucket, gcs_server  # noqa: F401  (fixtures)
-except ImportError:
-    from tests.ckpt_kill_writer import make_checkpoint, set_state
-    from tests.gcs_server import gcs_bucket, gcs_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "data-00000-of-00001"
@@ -237,29 +234,61 @@ def test_concurrent_commits_of_one_step_let_exactly_one_win(run_url, open_run):
     assert len({n for n in open_storage(run_url).list("checkpoints/ckpt-7-") if n.endswith(".index")}) == 1
 
 
+# Where a trial's kill lands: after a random delay, or while one request of the writer is held by GcsProxy until the
+# kill (its step is in the request's object name).
+KILL_MOMENTS = ("delay", "resume", "upload", "commit", "prune")
+
+
 def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_bucket, tmp_path, caplog):
-    """A writer saving to gs:// in a loop is SIGKILLed at seeded random moments (while resuming, writing, uploading,
-    committing or pruning); after each kill a fresh store with an empty working copy must find a checkpoint that
-    verifies and restores consistently, and committed progress must never go backwards."""
+    """A writer saving to gs:// in a loop is SIGKILLed at seeded random moments of seeded random kinds: after a random
+    delay (anything: resuming, writing, uploading, committing, pruning), or while a proxy holds, until the kill, its
+    listing of the checkpoints or download of the newest one (resuming), the data file of its k-th checkpoint
+    (uploading), that checkpoint's commit object (committing) or its k-th delete of an older checkpoint (pruning).
+    After each kill a fresh store with an empty working copy must find a checkpoint that verifies and restores
+    consistently, committed progress must never go backwards, and a kill while step N's upload or commit was held
+    leaves exactly step N-1 as the newest commit (commits run in order, one at a time)."""
     url = gcs_bucket + "/killed"
     trials = 24
     rng = random.Random(20240601)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **gcs_server.env()}
     writers = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ckpt_kill_writer.py"))],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
-    last_step, resumed_steps = 0, []
+
+    def ask(line: str) -> str:
+        writers.stdin.write(line + "\n")
+        writers.stdin.flush()
+        return writers.stdout.readline().strip()
+
+    last_step, resumed_steps, kinds = 0, [], []
     try:
         assert writers.stdout.readline().strip() == "ready"
         for trial in range(trials):
-            delay = rng.uniform(0.05, 1.5)
-            writers.stdin.write(f"{url} {tmp_path / f'writer{trial}'} {trial} {delay}\n")
-            writers.stdin.flush()
-            assert writers.stdout.readline().strip() == "killed", "the writer failed by itself (see its stderr)"
+            kind, nth, delay = rng.choice(KILL_MOMENTS), rng.randint(1, 3), rng.uniform(0.05, 1.5)
+            proxy = GcsProxy(gcs_server.endpoint)  # one per writer: after the kill nothing of it can reach the bucket
+            # its working copy is empty: a resume downloads the newest checkpoint if there is one
+            proxy.hold_checkpoint_moment(kind, nth, resume_downloads=last_step > 0)
+            try:
+                work = tmp_path / f"writer{trial}"
+                started = ask(f"start {url} {work} {trial} STORAGE_EMULATOR_HOST={proxy.endpoint}")
+                assert started.startswith("started "), started
+                if kind == "delay":
+                    time.sleep(delay)  # any moment will do: nothing below depends on where this one lands
+                    held = None
+                else:
+                    held = proxy.wait_held(timeout=300)
+                    kinds.append(f"{kind}: {held}")
+                assert ask("kill") == "killed", "the writer failed by itself (see its stderr)"
+            finally:
+                proxy.close()  # drops the held request; returns once no request of the killed writer is in flight
 
             run = RunDir.open(url, work_dir=str(tmp_path / f"reader{trial}"), retry_seconds=20)
             store = CheckpointStore(run)
             with caplog.at_level(logging.WARNING, logger="job.checkpoint"):
                 found = store.latest()
+            if kind in ("upload", "commit"):
+                assert (found.step if found else 0) == step_of(held.name) - 1, (str(held), found)
+            if kind == "prune":  # a commit came before it
+                assert found is not None, str(held)
             if found is not None:
                 restored = make_checkpoint()
                 store.restore(restored, found)
@@ -279,5 +308,6 @@ def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_b
         except subprocess.TimeoutExpired:
             os.kill(writers.pid, signal.SIGKILL)
             writers.wait()
+    print(f"\nkills: {trials} trials; held until the kill: {kinds}; newest commit after each: {resumed_steps}")
     assert last_step > 0, f"no checkpoint was ever committed: {resumed_steps}"
     assert not [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]

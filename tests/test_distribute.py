@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from trainer_runs import free_loopback_ports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -254,7 +255,9 @@ signal.signal(signal.SIGTERM, lambda *_: seen.append("SIGTERM"))  # the trainer'
 from job.distribute.multiworker import MultiWorkerBackend
 MultiWorkerBackend(DistributeConfig(backend="multiworker"))
 os.kill(os.getpid(), signal.SIGTERM)
-time.sleep(0.5)
+deadline = time.monotonic() + 60  # Python runs the handler on the main thread soon after; TF's would never run it
+while not seen and time.monotonic() < deadline:
+    time.sleep(0.01)
 print("handled:", seen)
 """
 
@@ -304,7 +307,8 @@ def test_horovod_backend_contract_then_peer_frozen(tmp_path, gloo_rendezvous):
 # --- the real trainer: two workers with batch b each end where one process with batch 2b ends -------------------
 
 TRAIN_ARGS = ["train", "--config", "digits_resnet20", "model.name=mlp", "model.dropout=0",
-              "data.augment.crop_padding=0", "data.augment.flip=false", "train.epochs=1", "train.max_steps_per_epoch=6", "train.batch_size=16",
+              "data.augment.crop_padding=0", "data.augment.flip=false", "train.epochs=1", "train.max_steps_per_epoch=6",
+              "train.batch_size=16",
               "optim.schedule=constant", "optim.warmup_epochs=0", "run.progress=false",
               f"distribute.collective_timeout_seconds={RELAXED_TIMEOUT}"]
 

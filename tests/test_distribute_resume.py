@@ -1,7 +1,7 @@
 """Two-worker trainer runs on 127.0.0.1 that are killed and restarted, or stopped by SIGTERM, for both backends.
 
 For multiworker and for horovod:
-  1. an uninterrupted two-process run, started the way users start one (docker/launch_local.py, what
+  1. an uninterrupted two-process run, started the way users start one (scripts/launch_local.py, what
      `make train-local-2` runs), leaves exactly the files of one writer in its run directory;
   2. a second two-process run is SIGKILLed (every process, as when Kubernetes reschedules the Job) after a checkpoint
      was committed, then started again: both workers log that they resume from the same step, the newest committed
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from trainer_runs import committed_prefix, committed_steps, free_loopback_ports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,7 +38,7 @@ from job.errors import EXIT_PREEMPTED  # noqa: E402
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-LAUNCHER = REPO / "docker" / "launch_local.py"
+LAUNCHER = REPO / "scripts" / "launch_local.py"
 STEPS_PER_EPOCH, EPOCHS, EVERY = 12, 2, 3
 TOTAL_STEPS = STEPS_PER_EPOCH * EPOCHS
 # MLP on digits keeps each run to seconds of compute; crop augmentation stays on (a resume must continue it exactly).
@@ -51,6 +52,7 @@ WRITE_SYSCALLS = ("open,openat,openat2,creat,truncate,rename,renameat,renameat2,
                   "link,linkat,symlink,symlinkat")
 WRITE_FLAGS = re.compile(r"O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND")
 EVENT_FILE = re.compile(r"events\.out\.tfevents\.\d+\.(?P<host>.+)\.(?P<pid>\d+)\.\d+\.v2")
+TRAINER_LOG = re.compile(r"\d{8}T\d{6}Z-(?P<host>.+)-(?P<pid>\d+)\.log")  # job/runlog.py: one per start
 TEMP_FILE = re.compile(r"\.(?P<target>.+)\.tmp-\w+")  # job/storage.py's temp files of atomic writes
 CKPT_FILE = re.compile(r"(?P<prefix>ckpt-(?P<step>\d+)(?:-[0-9a-f]{8})?)\.(index|data-00000-of-00001|commit\.json)")
 
@@ -77,7 +79,7 @@ class Workers:
         self.logs = [tmp / f"{name}-worker-{i}.log" for i in range(2)]
         self.trace = tmp / f"{name}-worker-1.strace"
 
-    def start(self, command: list[str], envs: list[dict[str, str]]) -> "Workers":
+    def start(self, command: list[str], envs: list[dict[str, str]]) -> Workers:
         for index, env in enumerate(envs):
             args = command
             if index == 1 and STRACE:
@@ -144,6 +146,21 @@ def _horovod_envs():
         server.stop()
 
 
+# The chief's commit of ckpt-6 (and everything queued after it) is held until the kill (job/rundir.py, TEST_HOLD_ENV):
+# the kill lands with exactly ckpt-3 committed, however fast the workers train.
+HOLD = {"JOB_TEST_HOLD_TASK": r"^checkpoint ckpt-6$"}
+KILLED_AT = 3
+
+
+def _wait_for_held(workers: Workers, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while "held for a test: checkpoint ckpt-6" not in workers.text(0):
+        for p, log in zip(workers.procs, workers.logs):
+            assert p.poll() is None, f"{log.name}: exit {p.returncode} before the hold\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the commit of ckpt-6 was not held within {timeout} s"
+        time.sleep(0.05)
+
+
 def _wait_for_commit(run_dir: Path, workers: Workers, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not committed_steps(run_dir):
@@ -164,18 +181,21 @@ def _assert_one_writers_files(run_dir: Path, chief_starts: int) -> None:
     """The run directory holds what one trainer writes and nothing else: no worker-named files, no second set of
     event files (one per chief start: the killed chief's and the resumed chief's), checkpoints only under commits."""
     files = _run_files(run_dir)
-    fixed = {"config.yaml", "checkpoints/checkpoint", "eval/metrics.json", "eval/report.txt", "export/model.keras"}
+    fixed = {"config.yaml", "checkpoints/checkpoint", "eval/metrics.json", "eval/report.txt", "eval/report.html",
+             "export/model.keras", "status.json", "history.json"}
     assert fixed <= set(files), files
     committed = set(committed_steps(run_dir))
     assert committed and max(committed) == TOTAL_STEPS
     event_pids: dict[str, set[str]] = {}
+    log_pids: set[str] = set()
     for name in set(files) - fixed:
         folder, _, base = name.rpartition("/")
         temp = TEMP_FILE.fullmatch(base)
         if temp and chief_starts > 1:
             # An atomic write (temp file, then rename) the killed chief did not finish; storage never lists these.
             target = temp["target"]
-            assert folder == "checkpoints" and (target == "checkpoint" or CKPT_FILE.fullmatch(target)), name
+            assert (folder == "checkpoints" and (target == "checkpoint" or CKPT_FILE.fullmatch(target))
+                    or (folder, target) in (("", "status.json"), ("", "history.json"))), name
             continue
         if folder == "checkpoints":
             match = CKPT_FILE.fullmatch(base)
@@ -187,12 +207,17 @@ def _assert_one_writers_files(run_dir: Path, chief_starts: int) -> None:
             match = EVENT_FILE.fullmatch(base)
             assert match, f"{name}: not a TensorBoard event file"
             event_pids.setdefault(folder, set()).add(match["pid"])
+        elif folder == "logs/trainer":
+            match = TRAINER_LOG.fullmatch(base)
+            assert match, f"{name}: not a trainer log (job/runlog.py)"
+            log_pids.add(match["pid"])
         else:
             pytest.fail(f"{name}: a file the trainer does not write")
     # Every writer of event files writes all three folders at once: one pid per chief start, the same in each.
     assert event_pids.get("logs/train") == event_pids.get("logs/validation") == event_pids.get("logs/eval"), event_pids
     assert len(event_pids["logs/train"]) == chief_starts, event_pids
     assert len([f for f in files if f.startswith("logs/train/")]) == chief_starts
+    assert log_pids == event_pids["logs/train"], (log_pids, event_pids)  # one log per chief start, the chief's
 
 
 def _worker_1_calls(trace_prefix: Path, run_dir: Path) -> dict[str, list[str]]:
@@ -263,7 +288,7 @@ def _assert_both_resumed_from(workers: Workers, step: int) -> None:
 
 
 def _launch_local(backend: str, run_dir: Path, log: Path) -> str:
-    """docker/launch_local.py, as `make train-local-2` runs it; returns its output."""
+    """scripts/launch_local.py, as `make train-local-2` runs it; returns its output."""
     command = [sys.executable, str(LAUNCHER), "--backend", backend, "--nproc", "2", "--",
                *JOB_ARGS, f"run.dir={run_dir}"]
     with log.open("w") as out:
@@ -297,13 +322,13 @@ def test_multiworker_killed_and_restarted_resumes_on_both_workers(tmp_path):
     assert {EVENT_FILE.fullmatch(p.name)["pid"] for p in (reference / "logs").rglob("events.*")} == {chief_pid}
 
     run_dir = tmp_path / "killed"
-    first = Workers(tmp_path, "first").start(_job(run_dir, "multiworker"), _multiworker_envs())
+    first = Workers(tmp_path, "first").start(_job(run_dir, "multiworker"), [{**e, **HOLD} for e in _multiworker_envs()])
     try:
-        _wait_for_commit(run_dir, first)
+        _wait_for_held(first)
     finally:
         first.kill_all()  # every process at once, as when the Job's pods are deleted and rescheduled
     killed_at = committed_steps(run_dir)[-1]
-    assert 0 < killed_at < TOTAL_STEPS, f"killed too late to test a resume: step {killed_at}"
+    assert killed_at == KILLED_AT, committed_steps(run_dir)
     _assert_worker_1_wrote_nothing(first, run_dir)
 
     second = Workers(tmp_path, "second").start(_job(run_dir, "multiworker"), _multiworker_envs())
@@ -321,13 +346,13 @@ def test_horovod_killed_and_restarted_resumes_on_both_ranks(tmp_path):
 
     run_dir = tmp_path / "killed"
     with _horovod_envs() as envs:
-        first = Workers(tmp_path, "first").start(_job(run_dir, "horovod"), envs)
+        first = Workers(tmp_path, "first").start(_job(run_dir, "horovod"), [{**e, **HOLD} for e in envs])
         try:
-            _wait_for_commit(run_dir, first)
+            _wait_for_held(first)
         finally:
             first.kill_all()
     killed_at = committed_steps(run_dir)[-1]
-    assert 0 < killed_at < TOTAL_STEPS, f"killed too late to test a resume: step {killed_at}"
+    assert killed_at == KILLED_AT, committed_steps(run_dir)
     _assert_worker_1_wrote_nothing(first, run_dir)
 
     with _horovod_envs() as envs:  # a new launch: a new rendezvous, as a restarted MPIJob launcher makes
@@ -340,7 +365,9 @@ def test_multiworker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_pa
     # One evicted pod: only worker 1 gets SIGTERM. Both must leave the loop after the same step (the request travels
     # with the step's all-reduce), so the chief commits that step's checkpoint and both exit 75 for a restart.
     run_dir = tmp_path / "run"
-    workers = Workers(tmp_path, "sigterm").start(_job(run_dir, "multiworker"), _multiworker_envs())
+    # So many epochs that the run cannot end before the signal, whatever the machine's speed.
+    workers = Workers(tmp_path, "sigterm").start([*_job(run_dir, "multiworker"), "train.epochs=1000"],
+                                                 _multiworker_envs())
     try:
         _wait_for_commit(run_dir, workers)
         os.kill(workers.trainer_pid(1), signal.SIGTERM)
@@ -353,5 +380,29 @@ def test_multiworker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_pa
     assert "another worker was asked to stop" in workers.text(0)
     stopped = [re.findall(r"checkpoint at step (\d+) committed", workers.text(i)) for i in range(2)]
     assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
-    assert int(stopped[0][0]) == committed_steps(run_dir)[-1] < TOTAL_STEPS
+    assert int(stopped[0][0]) == committed_steps(run_dir)[-1]
     _assert_worker_1_wrote_nothing(workers, run_dir)
+
+
+@pytest.mark.parametrize("backend", ["multiworker", "horovod"])
+def test_a_hook_on_the_chief_that_asks_to_stop_stops_both_workers_after_the_same_step(tmp_path, backend):
+    # A tuner's pruning hook decides on the chief alone; worker 1 never asks. Both must end after the same step
+    # (the request travels with the step's all-reduce), the chief commits and evaluates that step, both exit 0.
+    if backend == "horovod" and not shutil.which("horovodrun", path=str(Path(sys.executable).parent)):
+        pytest.skip("horovod is not installed; run docker/build-horovod.sh")
+    run_dir, events = tmp_path / "run", tmp_path / "events"
+    command = [sys.executable, str(REPO / "tests" / "hooked_train.py"), "--events", str(events), "--stop-at-step",
+               "5", "--", *JOB_ARGS, f"run.dir={run_dir}", f"distribute.backend={backend}"]
+    if backend == "multiworker":
+        Workers(tmp_path, "hook").start(command, _multiworker_envs()).wait_ok()
+    else:
+        with _horovod_envs() as envs:
+            Workers(tmp_path, "hook").start(command, envs).wait_ok()
+    ends = [json.loads((events / f"events-{i}.jsonl").read_text().splitlines()[-1]) for i in range(2)]
+    assert [e["event"] for e in ends] == ["train_end", "train_end"]
+    assert [e["outcome"] for e in ends] == ["stopped", "stopped"], ends
+    # asked after step 5, carried by step 6, read back while step 7 runs: both stop after step 7
+    assert ends[0]["step"] == ends[1]["step"] == 7 < TOTAL_STEPS, ends
+    assert committed_steps(run_dir)[-1] == 7
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["step"] == 7
+    assert [e["evaluated"] for e in ends] == [True, False]  # only the chief evaluates

@@ -13,8 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -32,7 +33,11 @@ from job.errors import EXIT_CRASH, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERR
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
-MANIFESTS = ("job.yaml", "multiworker.yaml", "horovod-mpijob.yaml", "tensorboard.yaml")
+MANIFESTS = ("job.yaml", "multiworker.yaml", "jobset.yaml", "horovod-mpijob.yaml", "tensorboard.yaml",
+             "kueue/queue.yaml")
+# Kinds of custom resources, which kubernetes-validate has no schema for, and the cluster-scoped ones among them.
+CRD_KINDS = ("MPIJob", "JobSet", "ResourceFlavor", "ClusterQueue", "LocalQueue")
+CLUSTER_SCOPED = ("ResourceFlavor", "ClusterQueue")
 VENV_BIN = Path(sys.executable).parent
 # The oldest Kubernetes the manifests support (podReplacementPolicy is beta and on by default from 1.29) and the newest.
 KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
@@ -193,7 +198,8 @@ class Trainer:
         self.config_map = one(docs, "ConfigMap", volume["configMap"]["name"])
         local = tmp / label.replace("/", "_") / Path(self.args.config).name
         local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text(self.config_map["data"][Path(self.args.config).name])
+        self.config_text = self.config_map["data"][Path(self.args.config).name]
+        local.write_text(self.config_text)
         self.cfg = load_config(str(local), self.args.overrides)
 
 
@@ -234,7 +240,8 @@ def test_kustomize_renders_every_manifest_into_the_namespace(raw_docs, rendered,
 
     assert ids(rendered) == ids(raw_docs), "kustomize lost or added resources (the settings ConfigMap must not appear)"
     for doc in rendered:
-        assert doc["metadata"].get("namespace") == kustomization["namespace"], f"{doc['kind']} outside the namespace"
+        expected = None if doc["kind"] in CLUSTER_SCOPED else kustomization["namespace"]
+        assert doc["metadata"].get("namespace") == expected, f"{doc['kind']} outside the namespace"
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
@@ -246,7 +253,8 @@ def test_every_manifest_passes_kubernetes_validate_strict(version, rendered, tmp
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     skipped = [line for line in (out.stdout + out.stderr).splitlines() if "Couldn't find schema" in line]
-    assert skipped and all("MPIJob" in line for line in skipped), f"only the MPIJob may be skipped: {skipped}"
+    assert skipped and all(any(kind in line for kind in CRD_KINDS) for line in skipped), \
+        f"only custom resources may be skipped: {skipped}"
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
@@ -369,8 +377,9 @@ def test_trainer_commands_parse_and_their_config_loads(trainers):
         unresolved = re.findall(r"\$\(\w+\)", " ".join(t.argv))
         assert not unresolved, f"{t.label}: {unresolved} name no env var of the container (Kubernetes keeps them as is)"
         cfg = t.cfg
-        assert cfg.preset in presets, f"{t.label}: preset {cfg.preset!r} is not in {PRESET_DIR}"
-        preset = load_config(cfg.preset)
+        base = yaml.safe_load(t.config_text).get("base")
+        assert base in presets, f"{t.label}: its config's base {base!r} is not a preset in {PRESET_DIR}"
+        preset = load_config(base)
         assert (cfg.model.name, cfg.data.name) == (preset.model.name, preset.data.name), t.label
         assert cfg.run_dir.startswith("gs://") and cfg.data.dir.startswith("gs://"), t.label
         volume = mount_for(cfg.run.work_dir, *t.runs_in) if cfg.run.work_dir else None
@@ -381,6 +390,35 @@ def test_trainer_commands_parse_and_their_config_loads(trainers):
                         "MPIJob/cifar-train-hvd/Launcher": "horovod"}
     run_dirs = [t.cfg.run_dir for t in trainers]
     assert len(set(run_dirs)) == len(run_dirs), "two workloads would write into the same run directory"
+
+
+def config_maps_with_configs(docs: list[dict]) -> list[tuple[str, str, str]]:
+    """(ConfigMap name, file name, text) of every config file a ConfigMap carries."""
+    return [(d["metadata"]["name"], key, text) for d in find(docs, "ConfigMap")
+            for key, text in d.get("data", {}).items() if key.endswith((".yaml", ".yml"))]
+
+
+def test_config_maps_state_only_what_differs_from_their_preset(raw_docs, trainers, tmp_path):
+    from job.config import from_dict, to_dict
+
+    found = config_maps_with_configs(raw_docs)
+    assert {(name, key) for name, key, _ in found} == {(t.config_map["metadata"]["name"], Path(t.args.config).name)
+                                                       for t in trainers}, "a ConfigMap config no trainer reads"
+    for name, key, text in found:
+        tree = yaml.safe_load(text)
+        assert "base" in tree, f"{name}/{key}: name the preset it starts from with `base:`"
+        stated = {k: v for k, v in tree.items() if k not in ("base", "preset")}  # preset: the run's name
+        path = tmp_path / key
+        path.write_text(text)
+        cfg = load_config(str(path))
+        # The preset's config with the stated keys set on top, and nothing else, is what the file loads.
+        preset = to_dict(load_config(tree["base"]))
+        expected = {**preset, "preset": tree.get("preset", path.stem)}
+        for section, values in stated.items():
+            for k, v in values.items():
+                assert v != preset[section][k], f"{name}/{key}: {section}.{k}={v!r} is the preset's value already"
+            expected[section] = {**preset[section], **values}
+        assert cfg == from_dict(expected), f"{name}/{key}"
 
 
 def test_grace_period_covers_the_sigterm_checkpoint(trainers, raw_docs):
@@ -470,6 +508,7 @@ def gs_urls(node: Any) -> list[str]:
 
 def test_bucket_image_namespace_and_accounts_are_set_in_one_place(raw_docs, tmp_path):
     for name in (*MANIFESTS, "kustomization.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(K8S / name, tmp_path / name)
     kustomization = yaml.safe_load((tmp_path / "kustomization.yaml").read_text())
     kustomization["namespace"] = "ns-under-test"
@@ -486,7 +525,7 @@ def test_bucket_image_namespace_and_accounts_are_set_in_one_place(raw_docs, tmp_
     urls = gs_urls(docs)
     assert len(urls) == len(gs_urls(raw_docs)) >= 5, "a gs:// URL was lost or added"
     assert all(u.startswith("gs://bucket-under-test/") for u in urls), urls
-    assert {d["metadata"]["namespace"] for d in docs} == {"ns-under-test"}
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] not in CLUSTER_SCOPED} == {"ns-under-test"}
     images = {c["image"] for _, t in all_pod_templates(docs) for c in t["spec"]["containers"]}
     assert images == {"registry.test/team/trainer:7.7.7"}
     accounts = {d["metadata"]["name"]: d["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
@@ -543,3 +582,234 @@ def test_checkov_fails_only_the_listed_skips():
     assert not unlisted, f"checkov failures not in k8s/checkov-skips.yaml: {json.dumps(unlisted, indent=1)}"
     stale = listed - set(failures)
     assert not stale, f"k8s/checkov-skips.yaml lists checks that pass now; remove {sorted(stale)}"
+
+
+# --- JobSet and Kueue (issue 15) -----------------------------------------------------------------------------------
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOBSET_SPEC_FIELDS = {"replicatedJobs", "network", "successPolicy", "failurePolicy", "startupPolicy", "suspend",
+                      "coordinator", "managedBy", "ttlSecondsAfterFinished"}
+JOBSET_ACTIONS = {"FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"}
+JOB_FAILURE_REASONS = {"BackoffLimitExceeded", "DeadlineExceeded", "FailedIndexes", "MaxFailedIndexesExceeded",
+                       "PodFailurePolicy"}
+NODE_LOST = "node lost"  # a pod failure with the DisruptionTarget condition and no exit code of the trainer's own
+
+
+def jobset_workers(jobset: dict) -> tuple[dict, dict]:
+    """(the replicated job, its pod template) of the JobSet's single replicated job."""
+    (replicated,) = jobset["spec"]["replicatedJobs"]
+    return replicated, replicated["template"]["spec"]["template"]
+
+
+def jobset_reaction(jobset: dict, failure: int | str) -> str:
+    """What the Job and JobSet controllers do when one worker pod fails with `failure` (an exit code of the trainer
+    container, or NODE_LOST): the child Job's podFailurePolicy (first matching rule) and backoffLimit give the Job's
+    failure reason, or none; the JobSet's failurePolicy rules (first match; RestartJobSet when none) give the action.
+    Modelled on the documented behaviour of batch/v1 Job and JobSet v1alpha2, for the fields these manifests use."""
+    replicated, _ = jobset_workers(jobset)
+    job = replicated["template"]["spec"]
+    reason = None
+    for rule in job.get("podFailurePolicy", {}).get("rules", []):
+        on_codes, on_conditions = rule.get("onExitCodes"), rule.get("onPodConditions", [])
+        matches = False
+        if on_codes and isinstance(failure, int) and on_codes.get("containerName", "trainer") == "trainer":
+            matches = (failure in on_codes["values"]) == (on_codes["operator"] == "In")
+        if failure == NODE_LOST and any(c["type"] == "DisruptionTarget" and c.get("status", "True") == "True"
+                                        for c in on_conditions):
+            matches = True
+        if matches:
+            if rule["action"] == "FailJob":
+                reason = "PodFailurePolicy"
+            elif rule["action"] == "Ignore":
+                return "pod replaced alone"  # the gang stays half up: what a JobSet is meant to avoid
+            break
+    if reason is None:  # Count (the default): this failure is one more against backoffLimit
+        if job.get("backoffLimit", 6) >= 1:
+            return "pod retried alone"
+        reason = "BackoffLimitExceeded"
+    for rule in jobset["spec"].get("failurePolicy", {}).get("rules", []):
+        targets = rule.get("targetReplicatedJobs") or [replicated["name"]]
+        if replicated["name"] in targets and reason in rule.get("onJobFailureReasons", [reason]):
+            return rule["action"]
+    return "RestartJobSet"
+
+
+def test_jobset_failure_policy_fails_at_once_on_bad_input_and_restarts_the_gang_otherwise(raw):
+    jobset = one(raw["jobset.yaml"], "JobSet")
+    spec = jobset["spec"]
+    assert set(spec) <= JOBSET_SPEC_FIELDS, f"unknown JobSet fields: {set(spec) - JOBSET_SPEC_FIELDS}"
+    replicated, template = jobset_workers(jobset)
+    names = {r["name"] for r in spec["replicatedJobs"]}
+    policy = spec["failurePolicy"]
+    assert policy["maxRestarts"] >= 3, "preemptions count as restarts: leave room for several"
+    for rule in policy["rules"]:
+        assert rule["action"] in JOBSET_ACTIONS, rule
+        assert set(rule.get("onJobFailureReasons", [])) <= JOB_FAILURE_REASONS, rule
+        assert set(rule.get("targetReplicatedJobs", [])) <= names, f"{rule['name']}: targets no replicated job"
+        assert re.fullmatch(r"[a-zA-Z]([-_a-zA-Z0-9]*[a-zA-Z0-9])?", rule["name"]), rule["name"]
+    assert template["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs restartPolicy: Never"
+    assert jobset_reaction(jobset, EXIT_USER_ERROR) == "FailJobSet", "bad input must fail at once"
+    for failure in (EXIT_PEER_LOST, NODE_LOST, EXIT_PREEMPTED, EXIT_CRASH, 137):
+        assert jobset_reaction(jobset, failure) == "RestartJobSet", f"{failure}: the whole gang must restart"
+    # The model above means something: a Job that ignores a lost peer would leave the gang half up.
+    broken = json.loads(json.dumps(jobset))
+    jobset_workers(broken)[0]["template"]["spec"]["podFailurePolicy"]["rules"].append(
+        {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_PEER_LOST]}})
+    assert jobset_reaction(broken, EXIT_PEER_LOST) == "pod replaced alone"
+
+
+def test_jobset_succeeds_when_every_worker_has(raw):
+    jobset = one(raw["jobset.yaml"], "JobSet")
+    replicated, _ = jobset_workers(jobset)
+    success = jobset["spec"]["successPolicy"]
+    assert success["operator"] == "All" and success["targetReplicatedJobs"] == [replicated["name"]]
+    job = replicated["template"]["spec"]
+    assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] >= 2
+
+
+@pytest.mark.parametrize("source", ["raw", "rendered"])
+def test_jobset_worker_hosts_are_the_jobsets_dns_names(source, raw, rendered):
+    from job.distribute.multiworker import tf_config_from_env  # imports TensorFlow
+
+    docs = raw["jobset.yaml"] if source == "raw" else rendered
+    jobset = one(docs, "JobSet")
+    replicated, template = jobset_workers(jobset)
+    network = jobset["spec"]["network"]
+    assert network["enableDNSHostnames"] is True and network["publishNotReadyAddresses"] is True
+    assert "subdomain" not in template["spec"], "the JobSet controller sets the pods' subdomain from network"
+    trainer = next(c for c in template["spec"]["containers"] if c["name"] == "trainer")
+    port = trainer["ports"][0]["containerPort"]
+    job = replicated["template"]["spec"]
+    # Pod host names: <jobset>-<replicated job>-<job index>-<completion index>, under the subdomain's Service.
+    expected = [f"{jobset['metadata']['name']}-{replicated['name']}-{j}-{i}.{network['subdomain']}:{port}"
+                for j in range(replicated["replicas"]) for i in range(job["completions"])]
+    worker_hosts = env_of(trainer)["WORKER_HOSTS"]
+    assert worker_hosts.split(",") == expected
+    assert replicated["replicas"] == 1, "JOB_COMPLETION_INDEX restarts at 0 in every child Job"
+    for index in range(job["completions"]):
+        tf_config = tf_config_from_env({"JOB_COMPLETION_INDEX": str(index), "WORKER_HOSTS": worker_hosts})
+        assert tf_config["task"] == {"type": "worker", "index": index}
+    policy = one(docs, "NetworkPolicy", jobset["metadata"]["name"])
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (peers,) = policy["spec"]["ingress"][0]["from"]
+    assert peers["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    # No other workload's Service or NetworkPolicy selects these pods (multiworker.yaml's must not).
+    for other in find(docs, "Service") + find(docs, "NetworkPolicy"):
+        if other["metadata"]["name"] != jobset["metadata"]["name"]:
+            selector = other["spec"].get("selector") or other["spec"]["podSelector"].get("matchLabels", {})
+            assert not selector.items() <= template["metadata"]["labels"].items(), other["metadata"]["name"]
+
+
+def test_jobset_pod_template_is_multiworkers_but_for_what_the_controller_provides(raw):
+    """Same image, command, args, env, resources, hardening, service account, grace period and volumes: the checks
+    of multiworker.yaml's template above hold for the JobSet's. Only these may differ: the pods' name label (their
+    own Service and NetworkPolicy), the subdomain (the JobSet sets it), the anti-affinity's selector (its own pods),
+    WORKER_HOSTS (the JobSet's DNS names) and RUN_DIR (a run of its own)."""
+    mw_job = one(raw["multiworker.yaml"], "Job")
+    _, js_template = jobset_workers(one(raw["jobset.yaml"], "JobSet"))
+    mw, js = json.loads(json.dumps(mw_job["spec"]["template"])), json.loads(json.dumps(js_template))
+    mw_name, js_name = (t["metadata"]["labels"]["app.kubernetes.io/name"] for t in (mw, js))
+    assert mw_name != js_name
+    for template, name in ((mw, mw_name), (js, js_name)):
+        labels = template["metadata"]["labels"]
+        assert labels.pop("app.kubernetes.io/name") == name
+        labels.pop("app.kubernetes.io/component")
+        template["spec"].pop("subdomain", None)
+        term = template["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+        assert term["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}, "anti-affinity to itself"
+        term.pop("labelSelector")
+        (trainer,) = template["spec"]["containers"]
+        env = {e["name"]: e for e in trainer["env"]}
+        env["WORKER_HOSTS"]["value"] = env["RUN_DIR"]["value"] = "(own)"
+    mw_run, js_run = (env_of(t["spec"]["containers"][0])["RUN_DIR"] for t in (mw_job["spec"]["template"], js_template))
+    assert mw_run != js_run and js_run.startswith("gs://"), "the JobSet must not train into multiworker.yaml's run"
+    assert js == mw
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_jobset_pod_template_validates_as_core_v1(version, raw):
+    _, template = jobset_workers(one(raw["jobset.yaml"], "JobSet"))
+    wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "workers"}, "template": template}
+    kubernetes_validate.validate(wrapped, version, strict=True)
+    replicated, _ = jobset_workers(one(raw["jobset.yaml"], "JobSet"))
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "workers"},
+           "spec": replicated["template"]["spec"]}
+    kubernetes_validate.validate(job, version, strict=True)  # the child Job's own fields (podFailurePolicy, ...)
+    broken = json.loads(json.dumps(job))
+    rule = broken["spec"]["podFailurePolicy"]["rules"][0]
+    rule["onExitCode"] = rule.pop("onExitCodes")  # a misspelt field: the same check must refuse it
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes resource quantity as a number (cpu cores, bytes, devices)."""
+    text = str(value)
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40}
+    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", text)
+    assert match and match.group(2) in ("", *units), f"cannot read quantity {text!r}"
+    return float(match.group(1)) * units.get(match.group(2), 1)
+
+
+def gang_requests(workload: dict) -> dict[str, float]:
+    """Everything a workload's pods request at once: what Kueue must admit together."""
+    kind, spec = workload["kind"], workload["spec"]
+    if kind == "Job":
+        pods = [(spec.get("parallelism", 1), spec["template"])]
+    elif kind == "MPIJob":
+        pods = [(r.get("replicas", 1), r["template"]) for r in spec["mpiReplicaSpecs"].values()]
+    elif kind == "JobSet":
+        pods = [(r.get("replicas", 1) * r["template"]["spec"].get("parallelism", 1), r["template"]["spec"]["template"])
+                for r in spec["replicatedJobs"]]
+    else:
+        raise AssertionError(kind)
+    total: dict[str, float] = {}
+    for count, template in pods:
+        for container in template["spec"]["containers"]:
+            for resource, value in container.get("resources", {}).get("requests", {}).items():
+                total[resource] = total.get(resource, 0.0) + count * quantity(value)
+    return total
+
+
+def test_every_training_workload_is_queued_by_kueue_and_fits_the_quota(rendered, kustomization):
+    workloads = find(rendered, "Job") + find(rendered, "MPIJob") + find(rendered, "JobSet")
+    assert sorted(w["metadata"]["name"] for w in workloads) == ["cifar-train", "cifar-train-hvd", "cifar-train-js",
+                                                              "cifar-train-mw"]
+    local = one(rendered, "LocalQueue")
+    cluster = one(rendered, "ClusterQueue", local["spec"]["clusterQueue"])
+    namespace = kustomization["namespace"]
+    assert local["metadata"]["namespace"] == namespace
+    assert cluster["spec"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": namespace}
+    quota: dict[str, float] = {}
+    for group in cluster["spec"]["resourceGroups"]:
+        for flavor in group["flavors"]:
+            one(rendered, "ResourceFlavor", flavor["name"])
+            names = [r["name"] for r in flavor["resources"]]
+            assert names == group["coveredResources"], "Kueue wants every covered resource in every flavor, in order"
+            for resource in flavor["resources"]:
+                quota[resource["name"]] = quota.get(resource["name"], 0.0) + quantity(resource["nominalQuota"])
+    assert quota.get(GPU, 0) >= 1
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        # On the workload itself: Kueue reads it there (on a pod template it would queue single pods).
+        assert workload["metadata"]["labels"].get(QUEUE_LABEL) == local["metadata"]["name"], name
+        for resource, amount in gang_requests(workload).items():
+            assert resource in quota, f"{name} requests {resource}, which the ClusterQueue does not cover"
+            assert amount <= quota[resource], f"{name} needs {amount:g} {resource}: it would never be admitted"
+
+
+def test_kueue_queue_follows_the_namespace_and_cluster_scoped_kinds_have_none(tmp_path):
+    for name in (*MANIFESTS, "kustomization.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(K8S / name, tmp_path / name)
+    kustomization = yaml.safe_load((tmp_path / "kustomization.yaml").read_text())
+    kustomization["namespace"] = "ns-under-test"
+    kustomization["images"][0].update(newName="registry.test/team/trainer", newTag="7.7.7")
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    docs = kustomize(tmp_path)
+    cluster = one(docs, "ClusterQueue")
+    assert cluster["spec"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ns-under-test"}
+    for kind in CLUSTER_SCOPED:
+        assert "namespace" not in one(docs, kind)["metadata"], f"{kind} is cluster-scoped"
+    assert one(docs, "LocalQueue")["metadata"]["namespace"] == "ns-under-test"
+    _, template = jobset_workers(one(docs, "JobSet"))
+    assert {c["image"] for c in template["spec"]["containers"]} == {"registry.test/team/trainer:7.7.7"}

@@ -11,9 +11,9 @@ from trainer_runs import ROOT, committed_steps, trainer_env, wait_for
 pytestmark = pytest.mark.slow
 
 
-def make_train(args: str, log_path):
+def make_train(args: str, log_path, **env: str):
     # A session of its own, so the kill reaches python under make, as a pod's kill reaches every process.
-    return subprocess.Popen(["make", "--no-print-directory", "train", f"ARGS={args}"], cwd=ROOT, env=trainer_env(),
+    return subprocess.Popen(["make", "--no-print-directory", "train", f"ARGS={args}"], cwd=ROOT, env=trainer_env(**env),
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -25,13 +25,17 @@ def test_make_train_default_preset_resumes_after_kill(tmp_path):
     args = (f"data.dir={data} data.md5={md5} data.download=false run.dir={run} train.epochs=2 train.batch_size=32 "
             "checkpoint.every_steps=2 train.eval_batch_size=50")
 
-    first = make_train(args, tmp_path / "first.log")
-    wait_for(lambda: committed_steps(run), timeout=600, process=first, what="the first checkpoint")
+    # The commit of ckpt-4 (and all after it) is held (job/rundir.py, TEST_HOLD_ENV): the kill lands with exactly
+    # ckpt-2 committed, however fast the machine trains.
+    first = make_train(args, tmp_path / "first.log", JOB_TEST_HOLD_TASK=r"^checkpoint ckpt-4$")
+    wait_for(lambda: "held for a test: checkpoint ckpt-4" in (tmp_path / "first.log").read_text(), timeout=600,
+             process=first, what="the commit of ckpt-4 to be held")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
     log = (tmp_path / "first.log").read_text()
     assert "starting resnet18 on cifar100" in log, log[-3000:]
     killed_at = committed_steps(run)[-1]
+    assert killed_at == 2, committed_steps(run)
 
     second = make_train(args, tmp_path / "second.log")
     assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]

@@ -22,9 +22,11 @@ def grace_period_seconds() -> int:
     return job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
 
 
-# checkpoint.every_steps is large: the only mid-epoch checkpoint a run can have is the one SIGTERM makes.
-ARGS = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=3", "train.batch_size=16",
+# checkpoint.every_steps is large: the only mid-epoch checkpoint a run can have is the one SIGTERM makes. So many
+# epochs (90 steps each) that a run cannot end by itself before the signal, whatever the machine's speed.
+ARGS = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=1000", "train.batch_size=16",
         "checkpoint.every_steps=100000", "data.validation_split=0"]
+FIRST_EPOCH_DONE = re.compile(r"epoch 1/\d+  step \d+  loss")  # logged once the first epoch's steps have run
 
 
 def assert_sigterm_checkpoint_is_newest(log: str, run_dir) -> int:
@@ -37,11 +39,18 @@ def assert_sigterm_checkpoint_is_newest(log: str, run_dir) -> int:
     return steps[-1]
 
 
-def terminate_mid_training(run_dir, env, log_path, has_started, command=("train", *ARGS)):
-    """Start `python -m job <command> run.dir=<run_dir>` and send it SIGTERM once training runs."""
+def resume_args(log: str, step: int) -> list[str]:
+    """A resume of the stopped run that trains on to the end of the epoch the signal stopped it in."""
+    steps_per_epoch = int(re.search(r"starting simple_cnn on digits: \d+ epochs of (\d+) steps", log)[1])
+    return ["train", *ARGS, f"train.epochs={step // steps_per_epoch + 1}"]
+
+
+def terminate_mid_training(run_dir, env, log_path, command=("train", *ARGS)):
+    """Start `python -m job <command> run.dir=<run_dir>` and send it SIGTERM once it has logged the end of its first
+    epoch (so it is training, with 999 epochs to go)."""
     process = start_job(*command, f"run.dir={run_dir}", env=env, log_path=log_path)
-    wait_for(has_started, timeout=300, process=process, what="training to start")
-    time.sleep(2)  # inside the first epochs (about 90 steps of 16 images each)
+    wait_for(lambda: FIRST_EPOCH_DONE.search(log_path.read_text()), timeout=300, process=process,
+             what="the first epoch to end")
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=grace_period_seconds())
@@ -50,15 +59,14 @@ def terminate_mid_training(run_dir, env, log_path, has_started, command=("train"
 
 def test_sigterm_commits_within_the_grace_period_and_resumes_locally(tmp_path):
     run = tmp_path / "run"
-    started = lambda: list((run / "logs" / "train").glob("events.*"))  # noqa: E731 - written as training starts
-    code, seconds = terminate_mid_training(run, trainer_env(), tmp_path / "first.log", started)
+    code, seconds = terminate_mid_training(run, trainer_env(), tmp_path / "first.log")
     log = (tmp_path / "first.log").read_text()
     assert code == EXIT_PREEMPTED, log[-3000:]
     assert "SIGTERM received" in log
     step = assert_sigterm_checkpoint_is_newest(log, run)
     print(f"SIGTERM to exit: {seconds:.1f} s (grace period {grace_period_seconds()} s)")
 
-    again = run_job("train", *ARGS, f"run.dir={run}", "train.epochs=1")
+    again = run_job(*resume_args(log, step), f"run.dir={run}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from step {step}" in again.stderr
 
@@ -69,8 +77,7 @@ def test_sigterm_with_a_bucket_commits_the_checkpoint_in_the_bucket(tmp_path, gc
     url = f"{gcs_bucket}/run"
     env = trainer_env(STORAGE_EMULATOR_HOST=os.environ["STORAGE_EMULATOR_HOST"])
     bucket = open_storage(url)
-    started = lambda: bool(bucket.list("config.yaml"))  # noqa: E731 - stored just before training starts
-    code, seconds = terminate_mid_training(url, env, tmp_path / "first.log", started)
+    code, seconds = terminate_mid_training(url, env, tmp_path / "first.log")
     log = (tmp_path / "first.log").read_text()
     assert code == EXIT_PREEMPTED, log[-3000:]
     commits = [p for p in bucket.list("checkpoints/") if p.endswith(".commit.json")]
@@ -78,8 +85,7 @@ def test_sigterm_with_a_bucket_commits_the_checkpoint_in_the_bucket(tmp_path, gc
     print(f"SIGTERM to exit with uploads: {seconds:.1f} s (grace period {grace_period_seconds()} s)")
 
     step = max(int(p.split("ckpt-")[1].split(".")[0]) for p in commits)
-    again = run_job("train", *ARGS, f"run.dir={url}", f"run.work_dir={tmp_path / 'fresh'}", "train.epochs=1",
-                    env=env)
+    again = run_job(*resume_args(log, step), f"run.dir={url}", f"run.work_dir={tmp_path / 'fresh'}", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from step {step}" in again.stderr
 
@@ -92,8 +98,7 @@ def test_relay_passes_a_workers_sigterm_to_the_trainer_below_it(tmp_path):
     trainer = shlex.join(job_command("train", *ARGS))
     # $0: the run.dir=... argument terminate_mid_training appends; like sshd, the shell outlives the trainer
     relayed = ("relay", "--to", "descendants", "--", "sh", "-c", f'{trainer} "$0" & wait; exec sleep 600')
-    started = lambda: list((run / "logs" / "train").glob("events.*"))  # noqa: E731
-    code, seconds = terminate_mid_training(run, trainer_env(), tmp_path / "log", started, command=relayed)
+    code, seconds = terminate_mid_training(run, trainer_env(), tmp_path / "log", command=relayed)
     log = (tmp_path / "log").read_text()
     assert "passing it to 1 trainer process(es)" in log, log[-3000:]
     assert "SIGTERM received: saving a checkpoint" in log and "committed; run the same command again" in log
@@ -107,11 +112,10 @@ def test_relay_turns_a_launchers_sigterm_into_sigusr1_which_the_trainer_obeys(tm
     command is the trainer itself, so what is shown is the relay's translation and the trainer's SIGUSR1 stop."""
     run = tmp_path / "run"
     relayed = ("relay", "--to", "child-as-usr1", "--", job_command()[0], *job_command("train", *ARGS)[1:])
-    started = lambda: list((run / "logs" / "train").glob("events.*"))  # noqa: E731
-    code, _ = terminate_mid_training(run, trainer_env(), tmp_path / "log", started, command=relayed)
+    code, _ = terminate_mid_training(run, trainer_env(), tmp_path / "log", command=relayed)
     log = (tmp_path / "log").read_text()
     assert "SIGTERM received: passing SIGUSR1" in log and "SIGUSR1 received: saving a checkpoint" in log, log[-3000:]
     assert code == EXIT_PREEMPTED, log[-3000:]
     step = assert_sigterm_checkpoint_is_newest(log, run)
-    again = run_job("train", *ARGS, f"run.dir={run}", "train.epochs=1")
+    again = run_job(*resume_args(log, step), f"run.dir={run}")
     assert again.returncode == 0 and f"resuming from step {step}" in again.stderr, again.stderr[-3000:]

@@ -3,6 +3,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import logging
 import threading
 import time
 
@@ -12,11 +13,6 @@ from google.api_core.exceptions import RetryError
 from job.errors import UserError
 from job.rundir import RunDir
 from job.storage import AlreadyExistsError, open_storage
-
-try:
-    from gcs_server import gcs_bucket, gcs_outage_server, gcs_server  # noqa: F401  (fixtures)
-except ImportError:
-    from tests.gcs_server import gcs_bucket, gcs_outage_server, gcs_server  # noqa: F401
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -124,7 +120,31 @@ def test_bad_urls_are_user_errors():
         open_storage("gs://")
 
 
-def test_retries_survive_a_server_restart_on_the_same_port(gcs_outage_server):
+@pytest.fixture
+def storage_log():
+    """Log lines, in order, of the storage client's retries and of RunDir's mirror. google.api_core logs "Retrying due
+    to ..." at DEBUG each time an attempt failed and will be tried again, on a logger that may not propagate (so caplog
+    would not see it): a handler of our own on each logger."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    loggers = [logging.getLogger("google.api_core.retry"), logging.getLogger("job.rundir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    yield lines
+    for logger, level in zip(loggers, levels):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def retries(lines: list[str], after: int = -1) -> list[int]:
+    """Indexes of the "Retrying due to ..." lines (after index `after`): attempts that failed and are retried."""
+    return [i for i, line in enumerate(lines) if i > after and line.startswith("Retrying due to")]
+
+
+def test_retries_survive_a_server_restart_on_the_same_port(gcs_outage_server, storage_log):
     server = gcs_outage_server
     bucket = server.create_bucket()
     storage = open_storage(f"gs://{bucket}/run", retry_seconds=60)
@@ -138,12 +158,12 @@ def test_retries_survive_a_server_restart_on_the_same_port(gcs_outage_server):
         try:
             storage.write_bytes("during.txt", b"written across an outage")
             outcome["read"] = storage.read_bytes("during.txt")
-        except Exception as e:  # reported below
+        except Exception as e:  # noqa: BLE001 - reported below
             outcome["error"] = e
 
     writer = threading.Thread(target=write_during_outage)
     writer.start()
-    time.sleep(1.0)  # let the first attempts hit the closed port
+    wait_for(lambda: retries(storage_log), "a first attempt to hit the closed port", timeout=60)
     server.restart()
     writer.join(timeout=90)
     assert server.port == port
@@ -237,7 +257,7 @@ def test_watch_reuploads_a_growing_file(gcs_bucket, tmp_path):
     assert stored_events() == b"first record;second record;last record;"
 
 
-def test_uploads_wait_out_an_outage_longer_than_the_retry_budget(gcs_outage_server, tmp_path):
+def test_uploads_wait_out_an_outage_longer_than_the_retry_budget(gcs_outage_server, tmp_path, storage_log):
     server = gcs_outage_server
     url = f"gs://{server.create_bucket()}/run"
     run = RunDir.open(url, work_dir=str(tmp_path / "work"), retry_seconds=0.5)
@@ -245,8 +265,11 @@ def test_uploads_wait_out_an_outage_longer_than_the_retry_budget(gcs_outage_serv
     (run.local / "eval.json").write_text("{}")
     run.publish("eval.json")  # returns at once although the bucket is unreachable
     wait_for(lambda: run.pending() == ["eval.json"], "the upload to be queued")
-    time.sleep(1.5)  # several storage-level retry budgets pass; the upload must stay queued
-    assert run.pending() == ["eval.json"]
+    # One attempt spends its whole retry budget (the mirror says so), then the upload is tried again and fails again:
+    gave_up = wait_for(lambda: [i for i, line in enumerate(storage_log) if "retrying in the background" in line],
+                       "the first attempt to give up", timeout=60)[0]
+    wait_for(lambda: retries(storage_log, after=gave_up), "a later attempt to fail", timeout=60)
+    assert run.pending() == ["eval.json"]  # still queued
     server.restart()
     run.close(timeout=60)
     assert open_storage(url).read_bytes("eval.json") == b"{}"

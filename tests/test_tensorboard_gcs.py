@@ -31,8 +31,9 @@ pytestmark = pytest.mark.slow
 
 FLUSH_SECONDS = 2.0  # run.summary_flush_seconds: how often event files are flushed and re-uploaded (default 60)
 RELOAD_SECONDS = 1  # how often TensorBoard re-reads the logdir
-# Long enough to still be training while TensorBoard starts and is watched; the test stops it.
-LIVE = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=100", "train.max_steps_per_epoch=20",
+# Hours of training, so it is still training however long TensorBoard takes to start and be watched (whatever the
+# machine's speed); the test stops it.
+LIVE = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=10000", "train.max_steps_per_epoch=20",
         "train.batch_size=32", "checkpoint.every_steps=20", "run.progress=false",
         f"run.summary_flush_seconds={FLUSH_SECONDS}"]
 TENSORBOARD = Path(sys.executable).with_name("tensorboard")

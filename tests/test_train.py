@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer_runs import committed_prefix, committed_steps, kill_hard, run_job, start_job, wait_for
+from trainer_runs import committed_prefix, committed_steps, kill_hard, run_job, start_job, trainer_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +29,15 @@ def test_kill_minus_nine_mid_epoch_then_resume_ends_with_the_same_weights(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
 
     log = tmp_path / "first.log"
-    process = start_job("train", *TINY, f"run.dir={resumed}", log_path=log)
-    wait_for(lambda: committed_steps(resumed), timeout=300, process=process, what="the first checkpoint")
-    kill_hard(process)  # mid-epoch: an epoch here has ~40 steps and checkpoints come every 5
+    # The commit of ckpt-10 (and all after it) is held: the kill lands with ckpt-5 the newest commit, mid-epoch (an
+    # epoch here has 40 steps, checkpoints come every 5), and ckpt-10's files written but not committed.
+    process = start_job("train", *TINY, f"run.dir={resumed}", log_path=log,
+                        env=trainer_env(JOB_TEST_HOLD_TASK=r"^checkpoint ckpt-10$"))
+    wait_for(lambda: "held for a test: checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
+             what="the commit of ckpt-10 to be held")
+    kill_hard(process)
     killed_at = committed_steps(resumed)[-1]
-    assert killed_at % 40 != 0, "the kill should land inside an epoch"
+    assert killed_at == 5, committed_steps(resumed)
 
     again = run_job("train", *TINY, f"run.dir={resumed}")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -27,6 +27,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from gcs_proxy import INCOMPLETE, read_request_body
 from trainer_runs import stop_process
 
 GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com", "oauth2.googleapis.com", "*.googleapis.com",
@@ -92,7 +93,10 @@ class _TunnelledRequests(http.server.BaseHTTPRequestHandler):
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def _forward(self) -> None:
-        body = self._read_body()
+        body = read_request_body(self)
+        if body is INCOMPLETE:  # the client went away while sending it: nothing of it is forwarded
+            self.close_connection = True
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         host = headers.pop("Host", "www.googleapis.com")
         headers["Host"] = self.upstream
@@ -120,20 +124,6 @@ class _TunnelledRequests(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-
-    def _read_body(self) -> bytes | None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline().strip():  # trailers, up to the blank line
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()  # the CRLF after each chunk
-        length = self.headers.get("Content-Length")
-        return self.rfile.read(int(length)) if length is not None else None
 
     def log_message(self, format, *args):  # quiet; errors still reach stderr through send_error
         pass
@@ -191,8 +181,10 @@ class TlsProxy:
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        here = Path(__file__).resolve().parent  # the test helpers it imports, and the repository for theirs
+        path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])
         self._proc = subprocess.Popen([sys.executable, __file__, self.upstream_url, str(self.cert_dir)],
-                                      stdout=subprocess.PIPE, text=True)
+                                      stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": path})
         self.pid = self._proc.pid
         line = self._proc.stdout.readline().split()
         if line[:1] != ["listening"]:

@@ -3,7 +3,9 @@ trainer once, then forks one trainer per request (before any TF op has run, so e
 and kills it with SIGKILL when told to. The children run the real CLI entry point, `job.cli.main`.
 
 Started as `python trainer_fork_server.py train ARGS...`. Protocol on stdin/stdout, one line each:
-    test -> "start WORK_DIR LOG_PATH"   fork a trainer with run.work_dir=WORK_DIR, its stdout+stderr to LOG_PATH
+    test -> "start WORK_DIR LOG_PATH [NAME=VALUE ...]"
+                                        fork a trainer with run.work_dir=WORK_DIR, its stdout+stderr to LOG_PATH and
+                                        the environment variables given set (e.g. its own STORAGE_EMULATOR_HOST)
     this -> "started PID"
     test -> "kill"                      SIGKILL the running trainer (if it is still running) and reap it
     this -> "killed" or "exited CODE"   (CODE: the trainer's exit code; it ended by itself before the kill)
@@ -19,7 +21,7 @@ import job.cli  # noqa: E402
 import job.train  # noqa: E402,F401  (the heavy imports: TensorFlow, Keras, the models)
 
 
-def start(args: list[str], work_dir: str, log_path: str) -> int:
+def start(args: list[str], work_dir: str, log_path: str, *env: str) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -31,8 +33,9 @@ def start(args: list[str], work_dir: str, log_path: str) -> int:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
+        os.environ.update(item.split("=", 1) for item in env)
         code = job.cli.main([*args, f"run.work_dir={work_dir}"])
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - the child reports any failure, then exits
         import traceback
         traceback.print_exc()
     finally:

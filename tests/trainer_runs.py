@@ -1,7 +1,6 @@
 """Helpers for tests that run the real trainer as a separate process, as users do."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -10,18 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.launch_local import free_loopback_ports  # noqa: F401 - the launcher's own, for the tests too
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _launcher():
-    """docker/launch_local.py (standard library only, not a package): its free-port helper serves the tests too."""
-    spec = importlib.util.spec_from_file_location("launch_local", ROOT / "docker" / "launch_local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-free_loopback_ports = _launcher().free_loopback_ports
 
 
 def trainer_env(**extra: str) -> dict[str, str]:

@@ -1,17 +1,29 @@
-"""The data layer: CIFAR-10/100 archives (download, checksum, parsing), digits and synthetic sets, the tf.data
-pipelines with vectorized stateless augmentation, and the in-model preprocessing layer."""
-from job.data.augment import augmented_grid
-from job.data.pipeline import eval_dataset, steps_per_epoch, train_dataset
-from job.data.preprocess import Preprocess, fit_preprocessing
-from job.data.splits import Splits, load_splits
+"""The data layer: the datasets registry, CIFAR-10/100 archives (download, checksum, parsing), digits and synthetic
+sets, the tf.data pipelines with vectorized stateless augmentation, and the in-model preprocessing layer.
 
-__all__ = [
-    "Preprocess",
-    "Splits",
-    "augmented_grid",
-    "eval_dataset",
-    "fit_preprocessing",
-    "load_splits",
-    "steps_per_epoch",
-    "train_dataset",
-]
+Importing this package does not import TensorFlow or Keras: config validation reads DATASETS before TensorFlow
+starts. The names that need TensorFlow are imported from their modules when first used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from job.data.splits import DATASETS, DatasetSpec, Splits, load_splits
+
+_LAZY = {  # name -> the module that defines it (and imports TensorFlow or Keras)
+    "augmented_grid": "job.data.augment",
+    "eval_dataset": "job.data.pipeline",
+    "steps_per_epoch": "job.data.pipeline",
+    "train_dataset": "job.data.pipeline",
+    "Preprocess": "job.data.preprocess",
+    "fit_preprocessing": "job.data.preprocess",
+}
+
+__all__ = ["DATASETS", "DatasetSpec", "Splits", "load_splits", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -14,11 +14,12 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from job.errors import DataError
+from job.errors import DataError, first_line
 
 DOWNLOAD_TIMEOUT_SECONDS = 60
 
@@ -152,7 +153,7 @@ def _download(url: str, path: Path, expected_md5: str) -> None:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
         raise DataError(
-            f"could not download {url} to {path} ({_one_line(reason)}); put the archive there by hand, or point "
+            f"could not download {url} to {path} ({first_line(reason)}); put the archive there by hand, or point "
             f"data.dir at a folder that has it"
         ) from None
     finally:
@@ -172,7 +173,7 @@ def read_members(path: Path, spec: ArchiveSpec, names: Iterable[str]) -> dict[st
                 found[name] = _unpickle(tar.extractfile(member).read(), path, member.name, spec)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(
-            f"{path} is not a readable tar.gz archive ({_one_line(e)}); replace it with a fresh copy of {spec.url}"
+            f"{path} is not a readable tar.gz archive ({first_line(e)}); replace it with a fresh copy of {spec.url}"
         ) from None
     missing = [member for member, name in wanted.items() if name not in found]
     if missing:
@@ -203,9 +204,9 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 def _unpickle(raw: bytes, path: Path, member: str, spec: ArchiveSpec) -> dict:
     try:
         obj = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except Exception as e:  # a corrupt pickle can raise almost anything (UnpicklingError, EOFError, KeyError, ...)
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle raises almost anything (UnpicklingError, EOFError, ...)
         raise DataError(
-            f"{path}: member {member} is not a CIFAR pickle ({type(e).__name__}: {_one_line(e)}); replace the "
+            f"{path}: member {member} is not a CIFAR pickle ({type(e).__name__}: {first_line(e)}); replace the "
             f"archive with a fresh copy of {spec.url}"
         ) from None
     if not isinstance(obj, dict):
@@ -216,6 +217,3 @@ def _unpickle(raw: bytes, path: Path, member: str, spec: ArchiveSpec) -> dict:
     return obj
 
 
-def _one_line(e: object) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

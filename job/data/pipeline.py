@@ -21,7 +21,6 @@ from job.data.augment import augment_batch
 from job.distribute.base import Shard
 from job.errors import ConfigError
 
-
 # tf.data's default graph rewrites serialize the pipeline, captured image tensor included (~0.6 s per epoch for
 # CIFAR); this pipeline is already parallel and prefetched, so they have nothing to add.
 _OPTIONS = tf.data.Options()
@@ -78,7 +77,8 @@ def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, s
 
 
 def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shard: Shard | None = None) -> tf.data.Dataset:
-    """(float32 images in [0, 255], int32 labels) in order, the last batch partial; a shard reads its contiguous part."""
+    """(float32 images in [0, 255], int32 labels) in order, the last batch partial; a shard reads its contiguous
+    part."""
     lo, hi = shard_range(len(x), shard)
     n = hi - lo
     images, labels = tf.constant(x[lo:hi]), tf.constant(y[lo:hi], tf.int32)

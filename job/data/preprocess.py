@@ -10,8 +10,8 @@ Modes:
 """
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 
 GCN_RMS = 55.0 / np.sqrt(32 * 32 * 3)
 ZCA_FILTER_BIAS = 0.1

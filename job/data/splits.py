@@ -1,18 +1,27 @@
-"""`load_splits`: the train / validation / test arrays of the configured dataset, with its class names."""
+"""The datasets registry (DATASETS) and `load_splits`: the train / validation / test arrays of the configured dataset,
+with its class names.
+
+Importing this module does not import TensorFlow or Keras (config validation reads DATASETS and runs each dataset's
+rules before TensorFlow starts).
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from job.config import DataConfig
 from job.data.archive import ARCHIVES, fetch_archive
 from job.data.cifar import fine_to_coarse_map, read_cifar10, read_cifar100
-from job.errors import DataError
+from job.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from job.config import Config, DataConfig
+
+IMAGE_SHAPE = (32, 32, 3)  # every dataset is served at CIFAR's shape, so every model runs on every dataset
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 20151123  # fixed, so the digits test set never depends on train.seed
-SYNTHETIC_CLASSES = 10
 
 
 @dataclass
@@ -28,21 +37,13 @@ class Splits:
     # CIFAR-100 with label_mode=fine only (with coarse labels these are the labels themselves):
     coarse_names: list[str] | None = None
     fine_to_coarse: np.ndarray | None = None  # int32 (num_classes,), the superclass of each fine class
-    y_test_coarse: np.ndarray | None = None
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     """The dataset `cfg.name`, with `cfg.validation_split` of train held out (stratified, chosen by `seed`)."""
-    if cfg.name == "cifar10":
-        splits = _cifar10(cfg)
-    elif cfg.name == "cifar100":
-        splits = _cifar100(cfg)
-    elif cfg.name == "digits":
-        splits = _digits()
-    elif cfg.name == "synthetic":
-        splits = _synthetic(cfg.synthetic_examples, seed)
-    else:
-        raise DataError(f"data.name={cfg.name!r} is unknown; use cifar10, cifar100, digits or synthetic")
+    if cfg.name not in DATASETS:
+        raise DataError(f"data.name={cfg.name!r} is unknown; use {', '.join(DATASETS)}")
+    splits = DATASETS[cfg.name].load(cfg, seed)
     if cfg.validation_split > 0:
         train, val = stratified_split(splits.y_train, cfg.validation_split, seed)
         if not len(train) or not len(val):
@@ -75,28 +76,26 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return kept, np.sort(held)
 
 
-def _cifar10(cfg: DataConfig) -> Splits:
+def _cifar10(cfg: DataConfig, seed: int) -> Splits:
     arrays = read_cifar10(fetch_archive(ARCHIVES["cifar10"], cfg.dir, cfg.download, cfg.md5))
     return Splits(arrays.x_train, arrays.y_train, None, None, arrays.x_test, arrays.y_test,
-                  num_classes=10, class_names=arrays.class_names)
+                  num_classes=DATASETS["cifar10"].num_classes["fine"], class_names=arrays.class_names)
 
 
-def _cifar100(cfg: DataConfig) -> Splits:
+def _cifar100(cfg: DataConfig, seed: int) -> Splits:
     path = fetch_archive(ARCHIVES["cifar100"], cfg.dir, cfg.download, cfg.md5)
     a = read_cifar100(path)
+    num_classes = DATASETS["cifar100"].num_classes[cfg.label_mode]
     if cfg.label_mode == "coarse":
         return Splits(a.x_train, a.y_train_coarse, None, None, a.x_test, a.y_test_coarse,
-                      num_classes=20, class_names=a.coarse_names)
-    if cfg.label_mode != "fine":
-        raise DataError(f"data.label_mode={cfg.label_mode!r} is unknown; use fine or coarse")
+                      num_classes=num_classes, class_names=a.coarse_names)
     mapping = fine_to_coarse_map(np.concatenate([a.y_train, a.y_test]),
-                                 np.concatenate([a.y_train_coarse, a.y_test_coarse]), 100, path)
-    return Splits(a.x_train, a.y_train, None, None, a.x_test, a.y_test, num_classes=100,
-                  class_names=a.class_names, coarse_names=a.coarse_names, fine_to_coarse=mapping,
-                  y_test_coarse=a.y_test_coarse)
+                                 np.concatenate([a.y_train_coarse, a.y_test_coarse]), num_classes, path)
+    return Splits(a.x_train, a.y_train, None, None, a.x_test, a.y_test, num_classes=num_classes,
+                  class_names=a.class_names, coarse_names=a.coarse_names, fine_to_coarse=mapping)
 
 
-def _digits() -> Splits:
+def _digits(cfg: DataConfig, seed: int) -> Splits:
     """scikit-learn's bundled 8x8 digits (values 0..16), as 32x32x3 uint8 so every model runs unchanged."""
     from sklearn.datasets import load_digits
 
@@ -105,18 +104,60 @@ def _digits() -> Splits:
     images = images.repeat(4, axis=1).repeat(4, axis=2)  # nearest-neighbour upsampling keeps the strokes sharp
     images = np.repeat(images[..., None], 3, axis=-1)
     labels = digits.target.astype(np.int32)
+    classes = DATASETS["digits"].num_classes["fine"]
     train, test = stratified_split(labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     return Splits(images[train], labels[train], None, None, images[test], labels[test],
-                  num_classes=10, class_names=[str(d) for d in range(10)])
+                  num_classes=classes, class_names=[str(d) for d in range(classes)])
 
 
-def _synthetic(n: int, seed: int) -> Splits:
+def _synthetic(cfg: DataConfig, seed: int) -> Splits:
     """Uniform random images and labels of CIFAR shape: for throughput tests and smoke runs, nothing to learn."""
-    if n <= 0:
-        raise DataError(f"data.synthetic_examples={n} must be positive")
+    n, classes = cfg.synthetic_examples, DATASETS["synthetic"].num_classes["fine"]
     rng = np.random.default_rng([seed, 0x5A7])
     n_test = max(1, n // 5)
-    x = rng.integers(0, 256, size=(n + n_test, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, SYNTHETIC_CLASSES, size=n + n_test, dtype=np.int32)
-    return Splits(x[:n], y[:n], None, None, x[n:], y[n:], num_classes=SYNTHETIC_CLASSES,
-                  class_names=[f"class_{i}" for i in range(SYNTHETIC_CLASSES)])
+    x = rng.integers(0, 256, size=(n + n_test, *IMAGE_SHAPE), dtype=np.uint8)
+    y = rng.integers(0, classes, size=n + n_test, dtype=np.int32)
+    return Splits(x[:n], y[:n], None, None, x[n:], y[n:], num_classes=classes,
+                  class_names=[f"class_{i}" for i in range(classes)])
+
+
+# --- the registry --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    num_classes: dict[str, int]  # data.label_mode -> number of classes; "fine" is every dataset's default
+    offline: bool  # bundled or generated: never downloaded, so data.dir, data.download and data.md5 do not apply
+    load: Callable[[DataConfig, int], Splits]  # load(cfg.data, train.seed) -> all of train, and test
+
+    def check(self, cfg: Config) -> None:
+        """Refuse settings this dataset cannot honour. Config validation calls it, before TensorFlow starts."""
+        from job.config import DataConfig
+
+        data = cfg.data
+        if data.label_mode not in self.num_classes:
+            having = [d.name for d in DATASETS.values() if data.label_mode in d.num_classes]
+            raise ConfigError(f"data.label_mode={data.label_mode} does not apply to {self.name} (only "
+                              f"{', '.join(self.num_classes)}); it is for {', '.join(having)}")
+        if self.offline and data.md5:
+            raise ConfigError(f"data.md5 checks a downloaded archive, and {self.name} has none; remove data.md5")
+        if self.name != "synthetic" and data.synthetic_examples != DataConfig.synthetic_examples:
+            raise ConfigError(f"data.synthetic_examples={data.synthetic_examples} only applies to data.name=synthetic, "
+                              f"not {self.name}; remove it")
+        if data.augment.cutout >= IMAGE_SHAPE[0]:
+            raise ConfigError(f"data.augment.cutout must be in [0, {IMAGE_SHAPE[0]}) (below the image side), "
+                              f"got {data.augment.cutout}")
+
+
+_SPECS = [
+    DatasetSpec("cifar10", "CIFAR-10: 50,000 + 10,000 32x32 colour images, 10 classes (downloaded, MD5 checked)",
+                {"fine": 10}, offline=False, load=_cifar10),
+    DatasetSpec("cifar100", "CIFAR-100: 50,000 + 10,000 32x32 colour images, 100 classes in 20 superclasses "
+                "(downloaded, MD5 checked)", {"fine": 100, "coarse": 20}, offline=False, load=_cifar100),
+    DatasetSpec("digits", "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) upsampled to 32x32x3",
+                {"fine": 10}, offline=True, load=_digits),
+    DatasetSpec("synthetic", "uniform random images and labels (data.synthetic_examples of them): benchmarks and "
+                "smoke runs only, nothing to learn", {"fine": 10}, offline=True, load=_synthetic),
+]
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}

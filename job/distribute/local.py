@@ -1,7 +1,8 @@
 """Backends for one process: the default device, or every local GPU through MirroredStrategy."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 

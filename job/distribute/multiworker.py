@@ -18,8 +18,8 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import tensorflow as tf
 

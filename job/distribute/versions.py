@@ -25,7 +25,7 @@ class Supported:
         return text + (f" and horovod {self.horovod}" if with_horovod else "")
 
 
-# Measured combinations (see DESIGN.md); add a row only after the distribute tests pass with it.
+# Measured combinations (docs/distributed.md); add a row only after the distribute tests pass with it.
 SUPPORTED = (Supported(tensorflow="==2.21.*", keras=">=3.10,<4", horovod="==0.28.1"),)
 
 

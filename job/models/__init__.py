@@ -1,22 +1,26 @@
 """The model zoo: a registry of model builders, one module per family.
 
-Importing this package does not import Keras or TensorFlow (config validation reads MODELS); a family's module is
-imported when one of its models is built.
+Importing this package does not import Keras or TensorFlow (config validation reads MODELS and runs each family's
+rules, ModelSpec.check); a family's module is imported when one of its models is built.
 
 Every model takes float32 images of `image_shape` and returns float32 logits of shape (batch, num_classes).
-From-scratch models expect images already normalized by the trainer; transfer models (`transfer=True`) take raw
-pixels in [0, 255] and resize and preprocess them themselves.
+From-scratch models expect images already normalized: the full model (job/models/assembly.py) puts the Preprocess
+layer (data.normalization) in front of them. Transfer models (`transfer=True`) take raw pixels in [0, 255] and resize
+and preprocess them themselves (so they need data.normalization=none).
 """
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
+from job.errors import ConfigError
 
 if TYPE_CHECKING:
     import keras
 
-    from job.config import ModelConfig
+    from job.config import Config, ModelConfig
 
 Builder = Callable[["ModelConfig", int, tuple], "keras.Model"]
 
@@ -30,6 +34,36 @@ class ModelSpec:
     # its top); None where no source gives one. tests/test_models.py checks the models against these.
     published_params: int | None
     transfer: bool = False
+    # Transfer models: len(backbone.layers) of the keras.applications no-top model, its input layer included (what
+    # model.unfreeze_top counts; tests/test_registries.py builds the backbones to check these numbers).
+    backbone_layers: int = 0
+
+    def check(self, cfg: Config) -> None:
+        """Refuse settings this family cannot honour. Config validation calls it, before TensorFlow starts."""
+        (_check_transfer if self.transfer else _check_from_scratch)(self, cfg)
+
+
+def _check_transfer(spec: ModelSpec, cfg: Config) -> None:
+    if cfg.data.normalization != "none":
+        raise ConfigError(f"{spec.name} applies its backbone's ImageNet preprocessing to raw pixels itself; set "
+                          f"data.normalization=none (not {cfg.data.normalization})")
+    if cfg.model.unfreeze_top > spec.backbone_layers:
+        raise ConfigError(f"model.unfreeze_top must be in [0, {spec.backbone_layers}] for {spec.name} (its backbone "
+                          f"has {spec.backbone_layers} layers; 0 = all of them), got {cfg.model.unfreeze_top}")
+
+
+def _check_from_scratch(spec: ModelSpec, cfg: Config) -> None:
+    """The transfer-only keys must keep their defaults: a value there would be silently ignored."""
+    from job.config import ModelConfig, TrainConfig
+
+    for key, value, default in (("model.weights", cfg.model.weights, ModelConfig.weights),
+                                ("model.input_size", cfg.model.input_size, ModelConfig.input_size),
+                                ("model.unfreeze_top", cfg.model.unfreeze_top, ModelConfig.unfreeze_top),
+                                ("train.finetune_epochs", cfg.train.finetune_epochs, TrainConfig.finetune_epochs)):
+        if value != default:
+            transfer = ", ".join(name for name, s in MODELS.items() if s.transfer)
+            raise ConfigError(f"{key}={value} only applies to transfer models ({transfer}), and {spec.name} is "
+                              f"trained from scratch; remove it (default {default})")
 
 
 _FAMILIES: list[str] = []  # modules of the model families, imported by load_model
@@ -111,6 +145,7 @@ _SPECS = [
         # + predictions 4,097,000) -> 14,714,688 without it
         published_params=14_714_688,
         transfer=True,
+        backbone_layers=19,  # input, 13 convolutions, 5 pools
     ),
     ModelSpec(
         "resnet50_imagenet",
@@ -120,6 +155,7 @@ _SPECS = [
         # -> 23,587,712 without it, of which 53,120 are BatchNorm moving statistics
         published_params=23_587_712,
         transfer=True,
+        backbone_layers=175,
     ),
 ]
 
@@ -128,19 +164,18 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 
 def build_model(cfg: ModelConfig, num_classes: int, image_shape: tuple = (32, 32, 3)) -> keras.Model:
     """Build the model named by cfg.name (call inside the distribution strategy's scope)."""
-    from job.errors import ConfigError
-
     if cfg.name not in MODELS:
         raise ConfigError(f"unknown model {cfg.name!r}; valid: {', '.join(sorted(MODELS))}")
     return MODELS[cfg.name].build(cfg, num_classes, tuple(image_shape))
 
 
 def load_model(path: str) -> keras.Model:
-    """keras.models.load_model after importing every family, so their custom layers are registered (a fresh
-    process has not imported them: the builders are lazy). Safe mode stays on: no lambdas are deserialized."""
+    """keras.models.load_model after importing every family and the preprocessing layer, so their custom layers are
+    registered (a fresh process has not imported them: the builders are lazy). Safe mode stays on: no lambdas are
+    deserialized."""
     import keras
 
-    for module in sorted(set(_FAMILIES)):
+    for module in sorted({*_FAMILIES, "job.data.preprocess"}):
         importlib.import_module(module)
     return keras.models.load_model(path)
 

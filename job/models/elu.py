@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 Stack = list[tuple[int, int, int]]
 
-# The 18-layer network of the paper's CIFAR-10/100 benchmark (/work/shared/DESIGN.md): 24.28% CIFAR-100 test error.
+# The 18-layer network of the paper's CIFAR-10/100 benchmark (Clevert et al. 2015): 24.28% CIFAR-100 test error.
 # The paper calls it 18 layers; its stack list counts 18 hidden conv layers plus the 1x1 classifier.
 ELU18_STACKS: list[Stack] = [
     [(1, 384, 3)],

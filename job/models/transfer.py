@@ -10,13 +10,14 @@ training=False, so they keep using their ImageNet statistics in both phases.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import keras
 from keras import layers
 
-from job.errors import ConfigError, UserError
+from job.errors import ConfigError, UserError, first_line
 from job.models.common import float32_logits, l2_regularizer
 
 if TYPE_CHECKING:
@@ -134,10 +135,9 @@ def _load_backbone_weights(backbone: keras.Model, name: str, weights: str) -> No
         )
     try:
         backbone.load_weights(path)
-    except Exception as e:  # h5py/keras raise many types for a file that is not the right weights file
-        first_line = (str(e).splitlines() or [type(e).__name__])[0]
+    except Exception as e:  # noqa: BLE001 - h5py/keras raise many types for a file that is not the right weights file
         raise UserError(
-            f"could not load {name} backbone weights from {path} ({first_line}); it must be a Keras {name} "
+            f"could not load {name} backbone weights from {path} ({first_line(e)}); it must be a Keras {name} "
             f"no-top weights file such as {BACKBONES[name].weights_file}"
         ) from None
 
@@ -151,9 +151,8 @@ def _download_imagenet_weights(name: str) -> str:
         return keras.utils.get_file(
             spec.weights_file, spec.weights_url, cache_dir=cache_dir, cache_subdir="models", file_hash=spec.weights_md5
         )
-    except Exception as e:  # URL errors, timeouts, hash mismatches: all fixed the same way
-        first_line = (str(e).splitlines() or [type(e).__name__])[0]
+    except Exception as e:  # noqa: BLE001 - URL errors, timeouts, hash mismatches: all fixed the same way
         raise UserError(
-            f"could not download the ImageNet weights for {name} ({first_line}); place {spec.weights_file} "
+            f"could not download the ImageNet weights for {name} ({first_line(e)}); place {spec.weights_file} "
             f"(from {spec.weights_url}) in {models_dir}/, or set model.weights=PATH to a copy of it"
         ) from None

@@ -23,15 +23,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from tests.gcs_server import GcsServer
+from tests.rehearsal.job_pod import CHANGES, dump, find, load_docs, memory_volumes, rehearsal_docs
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path[:0] = [str(HERE), str(ROOT / "tests")]
-
-from gcs_server import GcsServer  # noqa: E402
-from job_pod import CHANGES, dump, find, load_docs, memory_volumes, rehearsal_docs  # noqa: E402
 
 POD = "cifar-train-rehearsal"
 CONTAINER = f"{POD}-trainer"  # podman names a pod's containers <pod>-<container>
@@ -162,7 +162,8 @@ def wait_for_first_commit(bucket: Bucket, run: PodRun) -> int:
         if steps:
             return steps[0]
         if run.status() in ("exited", "stopped"):
-            raise RehearsalFailed(f"{run.label}: the trainer exited before committing a checkpoint (see {run.log_file})")
+            raise RehearsalFailed(
+                f"{run.label}: the trainer exited before committing a checkpoint (see {run.log_file})")
         if time.monotonic() > deadline:
             raise RehearsalFailed(f"{run.label}: no checkpoint committed within {START_TIMEOUT_SECONDS} s")
         time.sleep(0.2)
@@ -209,7 +210,8 @@ def rehearse(image: str, out: Path, job_yaml: Path) -> dict[str, float]:
             raise RehearsalFailed(f"run1's log does not say which checkpoint it committed on SIGTERM ({run.log_file})")
         sigterm_step = int(match.group(1))
         if sigterm_step not in committed_steps(bucket):
-            raise RehearsalFailed(f"run1 says it committed step {sigterm_step}, the bucket has {committed_steps(bucket)}")
+            raise RehearsalFailed(
+                f"run1 says it committed step {sigterm_step}, the bucket has {committed_steps(bucket)}")
         check_checkpoint_complete(bucket, sigterm_step)
         if bucket.list(f"{RUN_PREFIX}/eval/"):
             raise RehearsalFailed("run1 stored an evaluation although it was stopped mid-training")

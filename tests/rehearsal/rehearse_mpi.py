@@ -24,14 +24,22 @@ import sys
 import time
 from pathlib import Path
 
+from tests.gcs_server import GcsServer
+from tests.rehearsal.job_pod import expand_kube_vars, find, load_docs, tiny_train_yaml
+from tests.rehearsal.rehearse import (
+    RUN_PREFIX,
+    TINY_CONFIG,
+    Bucket,
+    RehearsalFailed,
+    check_checkpoint_complete,
+    committed_steps,
+    log,
+    podman,
+    report,
+)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path[:0] = [str(HERE), str(ROOT / "tests")]
-
-from gcs_server import GcsServer  # noqa: E402
-from job_pod import expand_kube_vars, find, load_docs, tiny_train_yaml  # noqa: E402
-from rehearse import (RUN_PREFIX, TINY_CONFIG, Bucket, RehearsalFailed, check_checkpoint_complete,  # noqa: E402
-                      committed_steps, log, podman, report)
 
 CONTAINER = "cifar-train-hvd-rehearsal"
 BUCKET = "cifar-rehearsal-mpi"

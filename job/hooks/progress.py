@@ -1,8 +1,5 @@
-"""Progress of an epoch: images/s, loss, top-1, LR and ETA.
-
-On a terminal it is a tqdm bar. In a log (kubectl logs, CI) carriage returns are noise, so the same figures go out as a
-plain log line at most every `log_seconds`.
-"""
+"""Progress of a run: a bar per epoch on a terminal (steps, images/s, loss, top-1, LR, ETA), a log line at most every
+30 s otherwise (kubectl logs, CI: carriage returns are noise there), and one line per epoch and its validation."""
 from __future__ import annotations
 
 import logging
@@ -12,11 +9,13 @@ import time
 
 from tqdm import tqdm
 
+from job.hooks.base import Hook
+
 log = logging.getLogger("job")
 
 
 class EpochProgress:
-    def __init__(self, epoch: int, total_epochs: int, steps_per_epoch: int, first_step: int, batch_size: int,
+    def __init__(self, epoch: int, total_epochs: int, steps_per_epoch: int, first_step: int,
                  enabled: bool = True, log_seconds: float = 30.0):
         self.started = time.perf_counter()
         self.epoch, self.total_epochs = epoch, total_epochs
@@ -48,3 +47,33 @@ class EpochProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+
+class ProgressHook(Hook):
+    """The bar (or periodic line) on the chief; the per-epoch lines on every worker."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress: EpochProgress | None = None
+
+    def on_epoch_start(self, loop, epoch):
+        self.progress = EpochProgress(epoch + 1, loop.parts.total_epochs, loop.parts.steps_per_epoch,
+                                      loop.step - epoch * loop.parts.steps_per_epoch, enabled=self.enabled)
+
+    def on_interval_end(self, loop, stats):
+        self.progress.update(stats["steps"], loss=stats["loss"], top1=stats["top1"], lr=stats["lr"],
+                             images_per_second=stats["images_per_second"])
+
+    def on_epoch_end(self, loop, epoch, train, validation):
+        self.progress.close()
+        log.info("epoch %d/%d  step %d  loss %.4f  top-1 %.4f  top-5 %.4f  %.0f img/s", epoch + 1,
+                 loop.parts.total_epochs, loop.step, train["loss"], train["top1"], train["top5"],
+                 train["images_per_second"])
+        if validation:
+            log.info("epoch %d validation: loss %.4f  top-1 %.4f  top-5 %.4f", epoch + 1, validation["val_loss"],
+                     validation["val_top1"], validation["val_top5"])
+
+    def on_train_end(self, loop, outcome, evaluation):
+        if self.progress is not None:
+            self.progress.close()

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run `python -m job train` as N cooperating processes on this machine: a rehearsal of a multi-node job.
 
-    python docker/launch_local.py --backend multiworker [--nproc 2] -- --config digits_resnet20 train.epochs=1
-    python docker/launch_local.py --backend horovod     [--nproc 2] -- --config digits_resnet20 train.epochs=1
+    python scripts/launch_local.py --backend multiworker [--nproc 2] -- --config digits_resnet20 train.epochs=1
+    python scripts/launch_local.py --backend horovod     [--nproc 2] -- --config digits_resnet20 train.epochs=1
 
 multiworker: N trainer processes, each with a TF_CONFIG naming every worker on a free 127.0.0.1 port (what the
   Kubernetes manifest gives each pod). Worker 0, the chief, writes to this terminal (progress bar included); the other

@@ -1,0 +1,27 @@
+"""The published reference figure of each bundled preset, from README's preset table: what its recipe reached in
+the literature (test top-1), shown beside a run's result. Presets without one are absent."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reference:
+    top1: float  # the figure as a fraction (a range's middle)
+    text: str  # as the source states it
+
+
+REFERENCES: dict[str, Reference] = {
+    "cifar100_resnet18": Reference(0.756, "≈75.6% top-1 (ResNet-18, CIFAR-100, 200 epochs)"),
+    "cifar100_elu": Reference(0.7572, "75.72% top-1 (24.28% error; Clevert et al. 2015)"),
+    "cifar100_vgg16": Reference(0.735, "≈73–74% top-1 (VGG-16-BN, CIFAR-100, 200 epochs)"),
+    "cifar10_resnet20": Reference(0.9125, "91.25% top-1 (He et al. 2016)"),
+    "cifar10_resnet56": Reference(0.9303, "93.03% top-1 (He et al. 2016)"),
+    "cifar10_resnet110": Reference(0.9357, "93.57% top-1 (He et al. 2016)"),
+    "cifar10_simple_cnn": Reference(0.68, "≈68% top-1 (CIFAR-10, 10 epochs)"),
+    "digits_resnet20": Reference(0.97, "≥97% top-1 (this project's offline demo)"),
+}
+
+
+def reference_for(preset: str) -> Reference | None:
+    return REFERENCES.get(preset)
