@@ -239,6 +239,7 @@ def test_concurrent_commits_of_one_step_let_exactly_one_win(run_url, open_run):
 KILL_MOMENTS = ("delay", "resume", "upload", "commit", "prune")
 
 
+@pytest.mark.slow  # about 35 s: 20 writer processes killed at chosen moments
 def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_bucket, tmp_path, caplog):
     """A writer saving to gs:// in a loop is SIGKILLed at seeded random moments of seeded random kinds: after a random
     delay (anything: resuming, writing, uploading, committing, pruning), or while a proxy holds, until the kill, its
