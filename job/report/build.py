@@ -89,7 +89,7 @@ def render_report(url: str, storage, cfg, model, splits, logits: np.ndarray, ste
 
 def header(data, metrics: dict[str, Any], step: int, weights: str) -> dict[str, Any]:
     cfg = data.cfg
-    reference = reference_for(cfg.preset)
+    reference = reference_for(cfg)
     epochs_done = max([e["epoch"] for e in data.epochs], default=0)
     return {
         "model": cfg.model.name, "dataset": data.dataset, "preset": cfg.preset, "step": step, "weights": weights,

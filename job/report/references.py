@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from job.config import Config, load_config
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -23,5 +25,13 @@ REFERENCES: dict[str, Reference] = {
 }
 
 
-def reference_for(preset: str) -> Reference | None:
-    return REFERENCES.get(preset)
+def reference_for(cfg: Config) -> Reference | None:
+    """The run's preset's figure, if the run trains that preset's model on its dataset: with another model (e.g.
+    `--config digits_resnet20 model.name=simple_cnn`) the figure is another recipe's and is not shown."""
+    reference = REFERENCES.get(cfg.preset)
+    if reference is None:
+        return None
+    preset = load_config(cfg.preset)
+    same = (cfg.model.name, cfg.data.name, cfg.data.label_mode) == (preset.model.name, preset.data.name,
+                                                                     preset.data.label_mode)
+    return reference if same else None
