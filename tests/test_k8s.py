@@ -506,13 +506,20 @@ def gs_urls(node: Any) -> list[str]:
     return re.findall(r"gs://[^\s\"']+", node) if isinstance(node, str) else []
 
 
-def test_bucket_image_namespace_and_accounts_are_set_in_one_place(raw_docs, tmp_path):
+def copy_with_namespace_and_image(tmp_path) -> dict:
+    """The manifests copied into `tmp_path`; their kustomization, with a namespace and an image of a test's own,
+    returned for further changes (write it back before rendering)."""
     for name in (*MANIFESTS, "kustomization.yaml"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(K8S / name, tmp_path / name)
     kustomization = yaml.safe_load((tmp_path / "kustomization.yaml").read_text())
     kustomization["namespace"] = "ns-under-test"
     kustomization["images"][0].update(newName="registry.test/team/trainer", newTag="7.7.7")
+    return kustomization
+
+
+def test_bucket_image_namespace_and_accounts_are_set_in_one_place(raw_docs, tmp_path):
+    kustomization = copy_with_namespace_and_image(tmp_path)
     (generator,) = kustomization["configMapGenerator"]
     generator["literals"] = [
         "bucket=bucket-under-test",
@@ -798,12 +805,7 @@ def test_every_training_workload_is_queued_by_kueue_and_fits_the_quota(rendered,
 
 
 def test_kueue_queue_follows_the_namespace_and_cluster_scoped_kinds_have_none(tmp_path):
-    for name in (*MANIFESTS, "kustomization.yaml"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(K8S / name, tmp_path / name)
-    kustomization = yaml.safe_load((tmp_path / "kustomization.yaml").read_text())
-    kustomization["namespace"] = "ns-under-test"
-    kustomization["images"][0].update(newName="registry.test/team/trainer", newTag="7.7.7")
+    kustomization = copy_with_namespace_and_image(tmp_path)
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     docs = kustomize(tmp_path)
     cluster = one(docs, "ClusterQueue")
