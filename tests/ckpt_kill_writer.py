@@ -13,7 +13,6 @@ op has run, so the child initialises TF's runtime itself). Protocol on stdin/std
 """
 import os
 import random
-import signal
 import sys
 import time
 
@@ -21,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+from fork_server import serve  # noqa: E402 - tests/, the script's folder
 from job.checkpoint import CheckpointStore  # noqa: E402
 from job.rundir import RunDir  # noqa: E402
 
@@ -71,29 +71,8 @@ def start(url: str, work_dir: str, seed: str, *env: str) -> int:
     return pid
 
 
-def kill(pid: int) -> str:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        return f"exited {status}"
-    os.kill(pid, signal.SIGKILL)  # our own unreaped child: its pid cannot have been reused
-    os.waitpid(pid, 0)
-    return "killed"
-
-
 def main() -> None:
-    print("ready", flush=True)
-    child = None
-    for line in sys.stdin:
-        command, *rest = line.split()
-        if command == "start":
-            assert child is None, "one writer at a time"
-            child = start(*rest)
-            print(f"started {child}", flush=True)
-        elif command == "kill":
-            print(kill(child), flush=True)
-            child = None
-    if child is not None:
-        kill(child)
+    serve(start, "writer")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ Started as `python trainer_fork_server.py train ARGS...`. Protocol on stdin/stdo
 "ready" is printed once at start; EOF on stdin ends the process.
 """
 import os
-import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import job.cli  # noqa: E402
 import job.train  # noqa: E402,F401  (the heavy imports: TensorFlow, Keras, the models)
+from fork_server import serve  # noqa: E402 - tests/, the script's folder
 
 
 def start(args: list[str], work_dir: str, log_path: str, *env: str) -> int:
@@ -44,32 +44,8 @@ def start(args: list[str], work_dir: str, log_path: str, *env: str) -> int:
         os._exit(code)
 
 
-def kill(pid: int) -> str:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        return f"exited {os.waitstatus_to_exitcode(status)}"
-    os.kill(pid, signal.SIGKILL)  # our own unreaped child: its pid cannot have been reused
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-        return "killed"
-    return f"exited {os.waitstatus_to_exitcode(status)}"  # it ended just before the signal
-
-
 def main() -> None:
-    args = sys.argv[1:]
-    print("ready", flush=True)
-    child = None
-    for line in sys.stdin:
-        command, *rest = line.split()
-        if command == "start":
-            assert child is None, "one trainer at a time"
-            child = start(args, *rest)
-            print(f"started {child}", flush=True)
-        elif command == "kill":
-            print(kill(child), flush=True)
-            child = None
-    if child is not None:
-        kill(child)
+    serve(lambda *rest: start(sys.argv[1:], *rest), "trainer")
 
 
 if __name__ == "__main__":
