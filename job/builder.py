@@ -22,6 +22,7 @@ from job.config import Config
 from job.data import Splits
 from job.distribute import Backend, make_backend
 from job.errors import ConfigError
+from job.inference import CLASSES_FILE
 from job.models.assembly import PREPROCESS_LAYER, build_full_model, is_transfer, set_phase
 from job.optim import make_optimizer
 from job.rundir import RunDir
@@ -107,6 +108,7 @@ def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True)
     check_run_config(run, cfg)  # refuses a changed model/dataset before anything is written
     if backend.is_chief:
         store_run_config(run, cfg)
+        run.write_json(CLASSES_FILE, {"classes": list(splits.class_names)})  # predict/serve need no dataset
     steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size)
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)

@@ -1,4 +1,5 @@
-"""`python -m job` and the `job` console script: train, evaluate, status, presets, config, relay."""
+"""`python -m job` and the `job` console script: train, evaluate, report, compare, predict, serve, status, presets,
+config, relay."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (local paths or gs://)")
     compare.add_argument("--out", default="compare.html", help="where the page goes (a path, directory or gs://)")
 
+    predict = sub.add_parser("predict", help="classify image files, folders or gs:// objects with a run's model")
+    add_model_arguments(predict)
+    predict.add_argument("paths", nargs="+", metavar="PATH",
+                         help="an image file, a folder (its images, recursively), or a gs:// object or prefix")
+    predict.add_argument("--top", type=int, default=5, help="how many classes to show per image (default 5)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    predict.add_argument("--explain", metavar="DIR", default="",
+                         help="write a Grad-CAM overlay per image into DIR (what the model looked at)")
+    predict.add_argument("--max-pixels", type=int, default=None,
+                         help="refuse images with more pixels than this (default 40,000,000)")
+
+    serve = sub.add_parser("serve", help="a web page and an HTTP API that classify uploaded images")
+    add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default loopback; 0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
     sub.add_parser("presets", help="list the bundled presets")
 
     relay = sub.add_parser("relay", help="run a command and pass a pod's SIGTERM on to the trainers it starts "
@@ -57,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", default="cifar100_resnet18", help="preset name or YAML path")
     show.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="a run directory (local path or gs://): its checkpoint is used")
+    source.add_argument("--model", help="an exported model file (a run's export/model.keras or model.h5)")
+    parser.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
+                        help="with --run-dir: the newest committed checkpoint (default) or the best by validation")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +155,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "report":
             return commands.report(args.run_dir, args.checkpoint)
         return commands.compare(args.run_dirs, args.out)
+    if args.command == "predict":
+        from job.predict import main as predict
+
+        return predict(args)
+    if args.command == "serve":
+        from job.serve import main as serve
+
+        return serve(args)
     if args.command == "evaluate":
         from job.evaluate import evaluate_run
 

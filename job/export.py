@@ -1,20 +1,105 @@
-"""The trained model, stored in the run for use outside the trainer (with its preprocessing inside)."""
+"""The trained model, stored in the run's export/ for use outside the trainer (its preprocessing inside each):
+
+    export/model.keras       Keras 3's format: job.models.load_model(path), `python -m job predict --model`
+    export/model.h5          the same model in HDF5 (Keras' legacy format, for code that expects .h5)
+    export/saved_model/      a TF SavedModel for tf.saved_model.load and TensorFlow Serving; signatures
+                             serving_default (float32 images in [0, 255]) and serving_uint8 (uint8 images), both
+                             (n, S, S, 3) -> probabilities (n, classes), class_ids (n,), class_names (n,)
+    export/classes.json      {"classes": [name of class 0, ...]}
+    export/model_card.json   the input it takes, how to bring an image to it, its metrics; MODEL_CARD.md for people
+"""
 from __future__ import annotations
 
 import logging
+import time
 
 import keras
+import tensorflow as tf
 
+from job.inference import CLASSES_FILE, MODEL_CARD_FILE
 from job.rundir import RunDir
 
 log = logging.getLogger("job")
 
-KERAS_FILE = "export/model.keras"
+EXPORT_DIR = "export"
+KERAS_FILE = f"{EXPORT_DIR}/model.keras"
+H5_FILE = f"{EXPORT_DIR}/model.h5"
+SAVED_MODEL_DIR = f"{EXPORT_DIR}/saved_model"
+CARD_MARKDOWN = f"{EXPORT_DIR}/MODEL_CARD.md"
+SIGNATURES = ("serving_default", "serving_uint8")
+PREPROCESSING = ("decode (PNG, JPEG, WebP, BMP, GIF first frame, TIFF), turn upright by EXIF, 8-bit RGB "
+                 "(transparency on white), centre square crop, Lanczos (antialiased) resize to {side}x{side}; "
+                 "pixels stay in [0, 255]: normalization ({normalization}) is inside the model")
 
 
-def export_model(run: RunDir, model: keras.Model) -> None:
-    path = run.local / KERAS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    run.publish(KERAS_FILE)
-    log.info("exported the model with its preprocessing to %s/%s", run.url, KERAS_FILE)
+def export_model(run: RunDir, cfg, model: keras.Model, class_names: list[str], evaluation: dict | None) -> None:
+    """Every export of the trained `model`, queued for upload with the run."""
+    started = time.perf_counter()
+    (run.local / EXPORT_DIR).mkdir(parents=True, exist_ok=True)
+    model.save(run.local / KERAS_FILE)
+    keras.saving.save_model(model, run.local / H5_FILE)
+    write_saved_model(model, class_names, run.local / SAVED_MODEL_DIR)
+    run.write_json(f"{EXPORT_DIR}/{CLASSES_FILE}", {"classes": list(class_names)})
+    card = model_card(cfg, model, class_names, evaluation)
+    run.write_json(f"{EXPORT_DIR}/{MODEL_CARD_FILE}", card)
+    (run.local / CARD_MARKDOWN).write_text(card_markdown(card))
+    for relpath in (KERAS_FILE, H5_FILE, SAVED_MODEL_DIR, CARD_MARKDOWN):
+        run.publish(relpath)
+    log.info("exported the model (.keras, .h5, SavedModel, classes, model card) to %s/%s in %.1f s", run.url,
+             EXPORT_DIR, time.perf_counter() - started)
+
+
+def write_saved_model(model: keras.Model, class_names: list[str], path) -> None:
+    side = int(model.input_shape[1])
+    names = tf.constant(list(class_names))
+
+    def outputs(images):
+        probabilities = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+        class_ids = tf.argmax(probabilities, axis=1)
+        return {"probabilities": probabilities, "class_ids": class_ids,
+                "class_names": tf.gather(names, class_ids)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", outputs,
+                         input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32, name="images")])
+    archive.add_endpoint("serving_uint8", lambda images: outputs(tf.cast(images, tf.float32)),
+                         input_signature=[tf.TensorSpec([None, side, side, 3], tf.uint8, name="images")])
+    archive.write_out(str(path), verbose=False)
+
+
+def model_card(cfg, model: keras.Model, class_names: list[str], evaluation: dict | None) -> dict:
+    side = int(model.input_shape[1])
+    metrics = {k: evaluation[k] for k in ("top1", "top5", "loss", "macro_f1", "examples", "step")
+               if evaluation and k in evaluation}
+    return {
+        "model": cfg.model.name,
+        "dataset": cfg.data.name + (" (superclasses)" if cfg.data.label_mode == "coarse" else ""),
+        "classes": len(class_names),
+        "input": {"shape": [None, side, side, 3], "dtype": "float32 (uint8 in serving_uint8)",
+                  "range": [0, 255], "channels": "RGB"},
+        "preprocessing": PREPROCESSING.format(side=side, normalization=cfg.data.normalization),
+        "output": "logits (model.keras, model.h5); probabilities, class_ids, class_names (saved_model)",
+        "metrics": metrics,
+        "metrics_on": f"the {cfg.data.name} test set, {metrics.get('examples', '?')} images",
+        "training": {"epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "optimizer": cfg.optim.name,
+                     "seed": cfg.train.seed, "parameters": int(model.count_params())},
+        "files": {"keras": "model.keras", "hdf5": "model.h5", "saved_model": "saved_model",
+                  "signatures": list(SIGNATURES), "classes": CLASSES_FILE},
+    }
+
+
+def card_markdown(card: dict) -> str:
+    metrics = card["metrics"]
+    lines = [f"# {card['model']} on {card['dataset']}", "",
+             f"- **Input**: RGB images {card['input']['shape'][1]}x{card['input']['shape'][2]}, pixel values in "
+             f"[0, 255] ({card['input']['dtype']})",
+             f"- **Preprocessing before the model**: {card['preprocessing']}",
+             f"- **Output**: {card['output']}; {card['classes']} classes in classes.json",
+             f"- **Test metrics** ({card['metrics_on']}): " + (
+                 ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+                 or "not evaluated"),
+             f"- **Training**: {card['training']}",
+             "", "Load: `job.models.load_model('model.keras')`, `tf.saved_model.load('saved_model')`, or "
+             "`python -m job predict --model model.keras IMAGE...`", ""]
+    return "\n".join(lines)

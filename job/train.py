@@ -42,9 +42,9 @@ def train(cfg: Config, extra_hooks: list[Hook] = ()) -> int:
         backend.barrier()
         evaluation = None
         if backend.is_chief:
-            export_model(run, parts.model)
             evaluation = evaluate_and_store(run, cfg, parts.model, parts.splits, step=loop.step,
                                             writer=parts.writers.eval if parts.writers else None)
+            export_model(run, cfg, parts.model, parts.splits.class_names, evaluation)  # the card has the metrics
         loop.end(outcome, evaluation)
         run.close(cfg.checkpoint.upload_timeout_seconds)
         backend.shutdown()

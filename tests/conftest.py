@@ -6,4 +6,5 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests measure CPU behaviour
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["gcs_server"]  # fake-gcs-server fixtures: gcs_server, gcs_bucket, gcs_outage_server
+# fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_outage_server); digits_run, a trained run (trained once)
+pytest_plugins = ["gcs_server", "trained_model"]

@@ -182,7 +182,8 @@ def _assert_one_writers_files(run_dir: Path, chief_starts: int) -> None:
     event files (one per chief start: the killed chief's and the resumed chief's), checkpoints only under commits."""
     files = _run_files(run_dir)
     fixed = {"config.yaml", "checkpoints/checkpoint", "eval/metrics.json", "eval/report.txt", "eval/report.html",
-             "export/model.keras", "status.json", "history.json"}
+             "status.json", "history.json", "classes.json", "export/model.keras", "export/model.h5",
+             "export/classes.json", "export/model_card.json", "export/MODEL_CARD.md"}
     assert fixed <= set(files), files
     committed = set(committed_steps(run_dir))
     assert committed and max(committed) == TOTAL_STEPS
@@ -207,6 +208,8 @@ def _assert_one_writers_files(run_dir: Path, chief_starts: int) -> None:
             match = EVENT_FILE.fullmatch(base)
             assert match, f"{name}: not a TensorBoard event file"
             event_pids.setdefault(folder, set()).add(match["pid"])
+        elif folder.startswith("export/saved_model"):
+            continue  # the SavedModel's own layout (saved_model.pb, variables/, assets/, fingerprint.pb)
         elif folder == "logs/trainer":
             match = TRAINER_LOG.fullmatch(base)
             assert match, f"{name}: not a trainer log (job/runlog.py)"
