@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default loopback; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--max-request-mb", type=float, default=None, metavar="MB",
+                       help="largest request body (default 32, or JOB_SERVE_MAX_REQUEST_MB); larger gets 413")
+    serve.add_argument("--max-files", type=int, default=None, metavar="N",
+                       help="most files per request (default 64, or JOB_SERVE_MAX_FILES); more gets 413")
+    serve.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                       help="most pixels per image, from its header before decoding (default 40,000,000, or "
+                            "JOB_SERVE_MAX_PIXELS); more gets 413")
 
     sub.add_parser("presets", help="list the bundled presets")
 

@@ -10,8 +10,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -37,7 +39,8 @@ def export_model(run: RunDir, cfg, model: keras.Model, class_names: list[str], e
     started = time.perf_counter()
     (run.local / EXPORT_DIR).mkdir(parents=True, exist_ok=True)
     model.save(run.local / KERAS_FILE)
-    keras.saving.save_model(model, run.local / H5_FILE)
+    with _absl_errors_only():  # Keras warns that HDF5 is its legacy format; users asked for it by name
+        keras.saving.save_model(model, run.local / H5_FILE)
     write_saved_model(model, class_names, run.local / SAVED_MODEL_DIR)
     run.write_json(f"{EXPORT_DIR}/{CLASSES_FILE}", {"classes": list(class_names)})
     card = model_card(cfg, model, class_names, evaluation)
@@ -47,6 +50,17 @@ def export_model(run: RunDir, cfg, model: keras.Model, class_names: list[str], e
         run.publish(relpath)
     log.info("exported the model (.keras, .h5, SavedModel, classes, model card) to %s/%s in %.1f s", run.url,
              EXPORT_DIR, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _absl_errors_only() -> Iterator[None]:
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 def write_saved_model(model: keras.Model, class_names: list[str], path) -> None:

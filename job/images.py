@@ -12,7 +12,7 @@ pixels (a decompression bomb) is refused without allocating its 1.2 GB.
 from __future__ import annotations
 
 import io
-import warnings
+import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,19 +38,20 @@ def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not an image Pillow can read (PNG, JPEG, WebP, BMP, GIF, TIFF)") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit (179 million pixels), from the header too
+        claimed = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(claimed.group(1)):,} pixels" if claimed else "its size"
+        raise ImageError(f"{pixels} is over the limit of {max_pixels:,}; scale it down first") from None
     except (OSError, ValueError) as e:  # a header Pillow starts on and cannot finish
         raise ImageError(f"not a readable image ({e})") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(f"{width}x{height} pixels is over the limit of {max_pixels:,}; scale it down first")
+        raise ImageError(f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}; scale it down first")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.seek(0)  # the first frame of an animation
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as e:
+        image.seek(0)  # the first frame of an animation
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         # Pillow reports a cut-off file as OSError("image file is truncated ...") or a broken chunk
         raise ImageError(f"{image.format or 'the'} file is truncated or corrupt ({_first_line(e)})") from None
 

@@ -177,7 +177,7 @@ def load_model(path: str) -> keras.Model:
 
     for module in sorted({*_FAMILIES, "job.data.preprocess"}):
         importlib.import_module(module)
-    return keras.models.load_model(path)
+    return keras.models.load_model(path, compile=False)  # exports are saved uncompiled: nothing to warn about
 
 
 def set_transfer_phase(model: keras.Model, phase: int, unfreeze_top: int) -> None:

@@ -1,0 +1,184 @@
+"""`python -m job serve`: a web page and an HTTP API that classify uploaded images with a run's model.
+
+The arguments are checked first, cheaply (the run has a config and a committed checkpoint, the model file exists, the
+limits are positive), so a wrong one ends with one line and exit 2 before any port is opened. Then uvicorn listens
+at once — /healthz answers, /readyz says 503 — and the model is loaded in a background thread (TensorFlow's import,
+the checkpoint restore, one warm-up prediction); /readyz turns 200 when it is done. If the load fails, the reason is
+logged in one line and the process exits non-zero (the UserError's code, 1 otherwise), so Kubernetes restarts it.
+
+The app itself is job/serve/app.py; the body limits and the in-memory multipart reader job/serve/uploads.py.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from job.errors import UserError, first_line
+from job.serve.uploads import Limits
+
+log = logging.getLogger("job")
+
+TOKEN_ENV = "JOB_SERVE_TOKEN"
+# Tests only, inert unless set: a file path; the background load waits until that file exists, so a test sees the
+# server listening with the model not loaded yet (503 on /readyz) by construction, not by timing.
+TEST_HOLD_ENV = "JOB_SERVE_TEST_HOLD_LOAD"
+_LIMIT_ENVS = {"max_request_mb": "JOB_SERVE_MAX_REQUEST_MB", "max_files": "JOB_SERVE_MAX_FILES",
+               "max_pixels": "JOB_SERVE_MAX_PIXELS"}
+_COMMIT_RE = re.compile(r"checkpoints/ckpt-\d+\.commit\.json")
+
+
+def main(args) -> int:
+    limits = resolve_limits(args)
+    token = resolve_token()
+    check_source(args.run_dir, args.model)
+    if not _is_loopback(args.host) and token is None:
+        log.warning("serving on %s without %s: anyone who can reach port %d can use the model", args.host,
+                    TOKEN_ENV, args.port)
+
+    import uvicorn
+
+    from job.serve.app import ModelSlot, create_app
+
+    slot = ModelSlot()
+    app = create_app(slot, limits, token)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, server_header=False,
+                            timeout_graceful_shutdown=10, timeout_keep_alive=15)
+    server = _server(config)
+    failure: list[int] = []
+
+    def load() -> None:
+        try:
+            _hold_for_test()
+            from job.inference import load_classifier
+
+            began = time.monotonic()
+            classifier = load_classifier(args.run_dir, args.model, args.checkpoint)
+            side = classifier.image_size
+            import numpy as np
+
+            classifier.predict(np.zeros((1, side, side, 3), np.uint8))  # traces the function: no slow first request
+        except Exception as e:  # noqa: BLE001 - any failure: one line, then the process exits so it is restarted
+            message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {first_line(e)}"
+            log.error("could not load the model: %s", message)
+            failure.append(getattr(e, "exit_code", 1))
+            server.should_exit = True
+            return
+        slot.set(classifier)
+        info = classifier.info
+        log.info("ready: %s on %s (%d classes, %s) loaded in %.1f s; http://%s:%d/", info.model, info.dataset,
+                 len(info.classes), info.weights, time.monotonic() - began, _display_host(args.host), args.port)
+
+    server.on_listening = lambda: threading.Thread(target=load, name="load-model", daemon=True).start()
+    server.run()
+    if failure:
+        return failure[0]
+    if not server.started:  # e.g. the port is taken: uvicorn has logged why
+        return 1
+    return 0
+
+
+def _server(config):
+    """A uvicorn.Server that calls its `on_listening` once its sockets are open (uvicorn has no hook for that)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        on_listening = None
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started and not self.should_exit and self.on_listening:
+                self.on_listening()
+
+    return Server(config)
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+def resolve_limits(args) -> Limits:
+    """--max-request-mb, --max-files, --max-pixels, else their JOB_SERVE_* variables, else the defaults."""
+    default = Limits()
+    values = {"max_request_mb": default.max_request_bytes / (1024 * 1024), "max_files": default.max_files,
+              "max_pixels": default.max_pixels}
+    for key, env in _LIMIT_ENVS.items():
+        given = getattr(args, key, None)
+        raw = os.environ.get(env, "").strip()
+        flag = "--" + key.replace("_", "-")
+        if given is None and raw:
+            try:
+                given = (float if key == "max_request_mb" else int)(raw)
+            except ValueError:
+                raise UserError(f"{env}={raw!r} is not a number; unset it or give e.g. {values[key]:g}") from None
+            flag = env
+        if given is not None:
+            if not given > 0:
+                raise UserError(f"{flag} must be positive, got {given:g}")
+            values[key] = given
+    return Limits(max_request_bytes=int(values["max_request_mb"] * 1024 * 1024), max_files=int(values["max_files"]),
+                  max_pixels=int(values["max_pixels"]))
+
+
+def resolve_token() -> str | None:
+    raw = os.environ.get(TOKEN_ENV)
+    if raw is None or raw == "":
+        return None
+    token = raw.strip()
+    if not token or len(token) < 8:
+        raise UserError(f"{TOKEN_ENV} is set but shorter than 8 characters; use a long random string "
+                        f"(e.g. openssl rand -hex 32) or unset it")
+    return token
+
+
+def check_source(run_dir: str | None, model_file: str | None) -> None:
+    """The cheap checks of --run-dir / --model, before the port is opened (no TensorFlow)."""
+    if model_file:
+        path = Path(model_file)
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise UserError(f"--model {model_file} {what}; give a run's export/model.keras (or --run-dir RUN)")
+        if path.suffix not in (".keras", ".h5"):
+            raise UserError(f"--model {model_file} is not a .keras or .h5 file; give a run's export/model.keras "
+                            f"(or --run-dir RUN for its checkpoints)")
+        return
+    from job.storage import open_storage
+
+    storage = open_storage(run_dir)
+    try:
+        if not storage.is_remote and not storage.root.is_dir():
+            what = "is not a directory" if storage.root.exists() else "does not exist"
+            raise UserError(f"--run-dir {run_dir} {what}; give the run.dir of a training run (local or gs://)")
+        if not storage.exists("config.yaml"):
+            raise UserError(f"--run-dir {run_dir} is not a run directory (it has no config.yaml); give the run.dir "
+                            f"that `python -m job train` wrote")
+        if not any(_COMMIT_RE.fullmatch(name) for name in storage.list("checkpoints/ckpt-")):
+            raise UserError(f"--run-dir {run_dir} has no committed checkpoint yet; train first (or wait for the "
+                            f"first checkpoint)")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - gs:// errors come in many types; one line says which
+        raise UserError(f"cannot read --run-dir {run_dir} ({type(e).__name__}: {first_line(e)})") from None
+
+
+def _hold_for_test() -> None:
+    hold = os.environ.get(TEST_HOLD_ENV)
+    if hold:
+        log.warning("model load held for a test until %s exists", hold)
+        while not os.path.exists(hold):
+            time.sleep(0.05)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+
