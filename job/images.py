@@ -46,7 +46,8 @@ def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise ImageError(f"not a readable image ({e})") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}; scale it down first")
+        raise ImageError(f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}; "
+                         "scale it down first")
     try:
         image.seek(0)  # the first frame of an animation
         image.load()

@@ -69,18 +69,21 @@ def test_the_table_and_one_line_per_file_that_is_not_an_image(digits_run, images
     name, best, probability = rows[1].split()[:3]
     assert name == (first if len(first) <= 60 else "…" + first[-59:]) and best.isdigit() and probability.endswith("%")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {tmp_path / 'notes.png'}: not an image Pillow can read (PNG, JPEG, WebP, BMP, GIF, TIFF)",
-                      f"error: {tmp_path / 'cut.png'}: PNG file is truncated or corrupt (image file is truncated)"]
+    assert errors == [
+        f"error: {tmp_path / 'notes.png'}: not an image Pillow can read (PNG, JPEG, WebP, BMP, GIF, TIFF)",
+        f"error: {tmp_path / 'cut.png'}: PNG file is truncated or corrupt (image file is truncated)"]
 
 
 def test_nothing_classifiable_is_exit_2_and_a_missing_path_is_refused_before_loading(digits_run, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     result = predict("--run-dir", str(digits_run), str(tmp_path / "notes.txt"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "error: none of the 1 file(s) could be classified (see the lines above)"
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: none of the 1 file(s) could be classified (see the lines above)")
     result = predict("--run-dir", str(digits_run), str(tmp_path / "nowhere.png"))
     assert result.returncode == 2 and "loaded" not in result.stderr
-    assert result.stderr.strip() == f"error: {tmp_path / 'nowhere.png'} does not exist; give an image file, a folder or a gs:// URL"
+    assert result.stderr.strip() == (
+        f"error: {tmp_path / 'nowhere.png'} does not exist; give an image file, a folder or a gs:// URL")
     result = predict("--run-dir", str(tmp_path), str(tmp_path / "notes.txt"))
     assert result.returncode == 2 and "is not a run directory" in result.stderr.strip().splitlines()[-1]
 
