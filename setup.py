@@ -19,7 +19,7 @@ setup(
     description="Containerized, distributed, preemption-safe training of CIFAR-10/100 classifiers",
     python_requires=">=3.10",
     packages=find_packages(include=["job", "job.*"]),
-    package_data={"job": ["configs/*.yaml", "report/templates/*"]},
+    package_data={"job": ["configs/*.yaml", "report/templates/*", "tune/templates/*", "serve/templates/*"]},
     install_requires=requirements("requirements.txt"),
     extras_require={"dev": requirements("requirements-dev.txt")},
     entry_points={"console_scripts": ["job=job.cli:main"]},

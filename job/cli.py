@@ -1,5 +1,5 @@
-"""`python -m job` and the `job` console script: train, evaluate, report, compare, predict, serve, status, presets,
-config, relay."""
+"""`python -m job` and the `job` console script: train, evaluate, report, compare, predict, serve, tune, status,
+presets, config, relay."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-pixels", type=int, default=None, metavar="N",
                        help="most pixels per image, from its header before decoding (default 40,000,000, or "
                             "JOB_SERVE_MAX_PIXELS); more gets 413")
+
+    tune = sub.add_parser("tune", help="hyperparameter search (Optuna): trials are ordinary runs in the study dir")
+    tune.add_argument("--config", default="", help="the base config: preset name or YAML path (required to start)")
+    tune.add_argument("--space", required=True, help="the search space YAML (see the README's tuning section)")
+    tune.add_argument("--study-dir", default="", help="where the trial runs and results go (local or gs://; "
+                                                      "default runs/tune-<study>)")
+    tune.add_argument("--storage", default="", help="the study database URL, e.g. postgresql+psycopg://user@host/db "
+                                                    "(default: $JOB_TUNE_STORAGE, else SQLite in the study dir)")
+    tune.add_argument("--workers", type=int, default=1, help="trial workers to run on this machine (default 1)")
+    tune.add_argument("--summary", action="store_true", help="print the leaderboard and write best.yaml and "
+                                                             "report.html now; train nothing")
+    tune.add_argument("--no-results", action="store_true", help=argparse.SUPPRESS)  # the workers of --workers K
+    tune.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the base config for every trial")
 
     sub.add_parser("presets", help="list the bundled presets")
 
@@ -170,6 +183,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from job.serve import main as serve
 
         return serve(args)
+    if args.command == "tune":
+        from job.tune import main as tune
+
+        return tune(args)
     if args.command == "evaluate":
         from job.evaluate import evaluate_run
 

@@ -1,0 +1,53 @@
+"""A tuning worker (`python -m job tune ... --workers 1`) that holds still after a committed checkpoint, so a test can
+kill it mid-trial at a known moment:
+
+    python -m tests.hooked_tune --hold-at-step N -- TUNE ARGS...
+
+The first trial this worker trains is held after step N: its checkpoint at step N is saved and committed, the line
+`HELD trial run at step N` is printed, and the training thread waits forever (the trial's heartbeat goes on, as a
+live worker's does) until the test kills the process.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from job.cli import build_parser, setup_logging
+from job.hooks import Hook
+
+
+class HoldAfterCheckpoint(Hook):
+    def __init__(self, step: int):
+        self.step = step
+        self.held = False
+
+    def on_step_end(self, loop, step):
+        if step == self.step and not self.held:
+            self.held = True
+            loop.save()
+            loop.parts.run.flush(60.0)  # the commit object is stored: the checkpoint exists
+            print(f"HELD {loop.parts.run.url} at step {step}", flush=True)
+            threading.Event().wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hold-at-step", type=int, required=True)
+    parser.add_argument("tune_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    tune_args = args.tune_args[1:] if args.tune_args[:1] == ["--"] else args.tune_args
+    tune = build_parser().parse_args(["tune", *tune_args])
+    setup_logging()
+    from job.tune.space import load_space
+    from job.tune.study import open_study, storage_url
+    from job.tune.worker import run_worker
+
+    space = load_space(tune.space)
+    study = open_study(space, storage_url(tune.storage, tune.study_dir))
+    return run_worker(study, tune.config, list(tune.overrides), tune.study_dir,
+                      extra_hooks=[HoldAfterCheckpoint(args.hold_at_step)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
