@@ -78,7 +78,8 @@ def load_space(path: str) -> Space:
     try:
         tree = yaml.safe_load(file.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"--space {path} does not exist; give a YAML file (see the README's tuning section)") from None
+        raise ConfigError(f"--space {path} does not exist; give a YAML file (the README's tuning section has one)"
+                          ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--space {path} cannot be read ({e}); give a UTF-8 YAML file") from None
     except yaml.YAMLError as e:
