@@ -200,3 +200,12 @@ def test_a_base_without_validation_and_a_bucket_without_database_are_refused(tmp
     result = run_job("tune", "--config", "digits_resnet20", "--space", str(path), "--study-dir", "gs://bucket/study",
                      env=trainer_env(JOB_TUNE_STORAGE=""))
     assert result.returncode == 2 and "needs a shared database" in result.stderr
+
+
+def test_the_example_space_of_the_readme_fits_its_base():
+    from job.tune.space import check_params_against_config, load_space
+
+    space = load_space(str(ROOT / "spaces" / "cifar10_resnet20_lr_wd.yaml"))
+    assert (space.trials, space.sampler, space.pruner) == (12, "tpe", "median")
+    check_params_against_config(space, "cifar10_resnet20", ["data.validation_split=0.1", "optim.schedule=cosine",
+                                                            "train.epochs=30"])
