@@ -6,7 +6,8 @@
 Sections: (1) training throughput of the project's loop vs Keras fit, (2) the input pipeline vs the rate the models
 consume images, (3) checkpoint blocking time (local, gs:// on a local fake-gcs-server) and the start-up of a resumed
 run, (4) peak RSS of every process, (5) on a GPU, the fraction of its peak the models reach, (6) the run report's
-time for a CIFAR-100 test set against predicting it.
+time for a CIFAR-100 test set against predicting it, (7) `python -m job serve` under 1 and 8 concurrent clients
+(requests/s, p50/p99 latency) and `python -m job predict` on many files against calling the model directly.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from bench.suite import Suite
 from bench.worker import ROOT
 
 RESULTS_DIR = ROOT / "bench" / "results"
-SECTIONS = ("training", "pipeline", "checkpoint", "report")
+SECTIONS = ("training", "pipeline", "checkpoint", "report", "serving")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             suite.run_section("(3) checkpoints and resume", suite.checkpoints)
         if "report" in sections:
             suite.run_section("(6) the run report", suite.report_page)
+        if "serving" in sections:
+            suite.run_section("(7) serving and predict", suite.serving)
     finally:
         if gcs:
             gcs.stop()

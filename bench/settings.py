@@ -51,6 +51,12 @@ class Settings:
     report_preset: str = "cifar100_simple_cnn"
     report_examples: int = 10_000
     report_epochs: int = 200
+    # (7) serving: a freshly built model of this preset behind `python -m job serve`, trials of this many seconds per
+    # side (1 client, 8 clients, in-process); `python -m job predict` on this many PNG files, this many times per side
+    serving_preset: str = "cifar10_simple_cnn"
+    serving_trial_seconds: float = 3.0
+    predict_files: int = 1000
+    predict_repeats: int = 2
     pipeline_goal_ratio: float = 20.0
     pipeline_goal_per_core: float = 20_000.0
 
@@ -84,6 +90,9 @@ TINY = Settings(
     mode="tiny",
     report_examples=300,
     report_epochs=3,
+    serving_trial_seconds=0.5,
+    predict_files=40,
+    predict_repeats=1,
     warmup=1,
     repeats=2,
     loop_cases=(LoopCase("simple_cnn", "cifar10_simple_cnn",

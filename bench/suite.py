@@ -207,6 +207,13 @@ class Suite:
             goal="seconds, not minutes", met=judge(summarize(page), at_most=60.0), peak_rss_mb=rss,
             details={"results": results, "info": info}))
 
+    # ------------------------------------------------------------------------------- (7) serving and predict
+
+    def serving(self) -> None:
+        from bench.serving import run_serving  # the section's parts: bench/serving.py
+
+        run_serving(self)
+
     # -------------------------------------------------------------------------------------- (3) checkpoints
 
     def checkpoints(self) -> None:

@@ -30,6 +30,7 @@ KINDS = {
     "pipeline": "bench.pipeline:setup_pipeline",
     "checkpoint": "bench.checkpoints:setup_checkpoint",
     "report": "bench.report_page:setup_report_page",
+    "serving": "bench.serving:setup_serving",
 }
 
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # `make rehearse`: build the CPU image with podman, then rehearse k8s/job.yaml with it (tests/rehearsal/rehearse.py:
-# the Job's pod template under `podman kube play` against fake-gcs-server on 127.0.0.1, SIGTERM mid-training, resume)
-# and, when the image has Horovod, the launch of k8s/horovod-mpijob.yaml (tests/rehearsal/rehearse_mpi.py: the
-# launcher's relay and mpirun with two ranks, SIGTERM mid-training, resume on both ranks).
+# the Job's pod template under `podman kube play` against fake-gcs-server on 127.0.0.1, SIGTERM mid-training, resume),
+# k8s/serve.yaml (tests/rehearsal/rehearse_serve.py: the Deployment's pod template serving a run trained into the fake
+# bucket: probes, /v1/predict with the token, SIGTERM) and, when the image has Horovod, the launch of
+# k8s/horovod-mpijob.yaml (tests/rehearsal/rehearse_mpi.py: the launcher's relay and mpirun with two ranks, SIGTERM
+# mid-training, resume on both ranks).
 # Runs as root on a fresh Debian 12 machine: docker/podman-setup.sh installs podman and makes the base image.
 # Prints how long the build and the rehearsal took; exits non-zero if either fails.
 #
 # Env: WITH_HOROVOD   1 (default) or 0: build Horovod into the image (about 6 more minutes on 2 cores, once) and
 #                     rehearse the MPIJob launch too
-#      REHEARSAL_OUT  where the derived pod.yaml, trainer logs and metrics.json go (default /tmp/cifar-job-rehearsal)
+#      REHEARSAL_OUT  where the derived pod.yaml, trainer and server logs and metrics.json go
+#                     (default /tmp/cifar-job-rehearsal)
 #      VENV           the project venv with the dev requirements (default <repo>/.venv; `make dev`)
 set -euo pipefail
 
@@ -29,6 +32,11 @@ status=0
 cd "$repo"  # the rehearsals import the test helpers as the package tests
 "$venv/bin/python" -m tests.rehearsal.rehearse --image "$image" --out "$out" || status=$?
 times="image build ${build_seconds} s, job.yaml rehearsal $((SECONDS - start)) s"
+if [[ $status == 0 ]]; then
+  start=$SECONDS
+  "$venv/bin/python" -m tests.rehearsal.rehearse_serve --image "$image" --out "$out" || status=$?
+  times="$times, serve.yaml rehearsal $((SECONDS - start)) s"
+fi
 if [[ "${WITH_HOROVOD:-1}" == 1 && $status == 0 ]]; then
   start=$SECONDS
   "$venv/bin/python" -m tests.rehearsal.rehearse_mpi --image "$image" --out "$out" || status=$?

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from job import config as configlib
 from job import data as datalib
+from job.batching import BatchPlan, plan_batches
 from job.checkpoint import CheckpointStore, Committed
 from job.config import Config
 from job.data import Splits
@@ -71,6 +72,7 @@ class RunParts:
     optimizer: keras.optimizers.Optimizer | None = None  # None when built for evaluation
     state: TrainState | None = None
     writers: SummaryWriters | None = None  # the chief's, when built for training
+    batches: BatchPlan = BatchPlan(global_batch=0, workers=1, replicas=1, accumulation=1)  # how a step is split
 
     @property
     def total_epochs(self) -> int:
@@ -103,6 +105,7 @@ def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True)
     `writers=False` leaves TensorBoard out (benchmarks of the bare loop)."""
     configure(cfg)
     backend = backend or make_backend(cfg)
+    batches = plan_batches(cfg, backend.num_workers, backend.num_replicas)
     splits = datalib.load_splits(cfg.data, cfg.train.seed)  # bad data fails before the run dir is touched
     run = RunDir.open(cfg.run_dir, cfg.run.work_dir, cfg.run.summary_flush_seconds)
     check_run_config(run, cfg)  # refuses a changed model/dataset before anything is written
@@ -129,7 +132,7 @@ def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True)
     return RunParts(cfg=cfg, backend=backend, splits=splits, run=run, model=model, checkpoint=checkpoint,
                     store=CheckpointStore(run, keep=cfg.checkpoint.keep), steps_per_epoch=steps_per_epoch,
                     optimizer=optimizer, state=state,
-                    writers=SummaryWriters(run, cfg) if writers and backend.is_chief else None)
+                    writers=SummaryWriters(run, cfg) if writers and backend.is_chief else None, batches=batches)
 
 
 def build_for_evaluation(run: RunDir) -> RunParts:

@@ -76,7 +76,9 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 200
-    batch_size: int = 128  # global: split evenly over all replicas
+    batch_size: int = 128  # global: split evenly over all replicas (and accumulation steps); fixed for the run
+    accumulation_steps: int = 0  # micro-batches per step and replica; 0 = as max_device_batch needs (else 1)
+    max_device_batch: int = 0  # most examples one device takes at once; 0 = no limit
     seed: int = 0
     deterministic: bool = False  # op determinism; slower, for exact reproducibility and resume tests
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
@@ -177,6 +179,8 @@ RANGES = {
     "train.early_stopping_patience": Range(0, None, "[)"),
     "train.eval_batch_size": Range(0, None, "()"),
     "train.max_steps_per_epoch": Range(0, None, "[)"),
+    "train.accumulation_steps": Range(0, None, "[)"),
+    "train.max_device_batch": Range(0, None, "[)"),
     "checkpoint.every_steps": Range(0, None, "()"),
     "checkpoint.keep": Range(0, None, "()"),
     "checkpoint.upload_timeout_seconds": Range(0, None, "()"),

@@ -20,17 +20,37 @@ def make_train_step(parts: RunParts, sums: dict[str, tf.Variable]):
     clip = cfg.optim.clip_norm
     variables = list(model.trainable_variables)
 
-    def replica_step(batch, stop_votes):
-        images, labels = batch
+    accumulation = parts.batches.accumulation
+
+    def micro_step(images, labels, with_regularizer: bool):
+        """The loss's gradient on some of the global batch (scaled by the loss scale), and its sums."""
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
             per_example = keras.losses.categorical_crossentropy(
                 tf.one_hot(labels, num_classes), logits, from_logits=True, label_smoothing=smoothing)
             loss = tf.reduce_sum(per_example) / global_batch
-            if model.losses:  # L2 kernel regularizers (ELU recipe): once per step, split over the replicas
-                loss += tf.add_n([tf.cast(term, tf.float32) for term in model.losses]) / backend.num_replicas
+            if model.losses and with_regularizer:  # L2 kernel regularizers (ELU recipe): once per step, split over
+                regularizer = tf.add_n([tf.cast(term, tf.float32) for term in model.losses])  # the replicas
+                loss += regularizer / backend.num_replicas
             scaled = optimizer.scale_loss(loss)
-        grads = backend.reduce_gradients(tape.gradient(scaled, variables))
+        return tape.gradient(scaled, variables), batch_sums(logits, labels, per_example)
+
+    def replica_step(batch, stop_votes):
+        images, labels = batch
+        if accumulation == 1:
+            grads, sums_here = micro_step(images, labels, True)
+        else:
+            # Micro-batches one after the other (each waits for the previous gradient), so only one micro-batch's
+            # activations are alive at a time: what lets a large per-replica batch fit a small device.
+            size = tf.shape(images)[0] // accumulation
+            grads, sums_here = None, None
+            for i in range(accumulation):
+                with tf.control_dependencies([g for g in grads if g is not None] if grads else []):
+                    part = slice_micro(images, labels, i, size)
+                    g, s = micro_step(*part, i == 0)
+                grads = g if grads is None else [_add(a, b) for a, b in zip(grads, g)]
+                sums_here = s if sums_here is None else {k: sums_here[k] + s[k] for k in s}
+        grads = backend.reduce_gradients(grads)
         if clip > 0:
             # Gradients are still multiplied by the loss scale here, so the threshold is too.
             norm = backend.global_norm(grads)
@@ -39,7 +59,7 @@ def make_train_step(parts: RunParts, sums: dict[str, tf.Variable]):
         optimizer.apply(grads, variables)
         # The votes are summed over all replicas with the metrics, so every worker sees every worker's request.
         # (identity: a per-replica value; the captured tensor itself cannot be reduced by MirroredStrategy.)
-        return {**batch_sums(logits, labels, per_example), "stop_votes": tf.identity(stop_votes)}
+        return {**sums_here, "stop_votes": tf.identity(stop_votes)}
 
     def step(batch, stop_votes):
         out = backend.run_step(lambda replica_batch: replica_step(replica_batch, stop_votes), batch)
@@ -49,6 +69,15 @@ def make_train_step(parts: RunParts, sums: dict[str, tf.Variable]):
         return out["stop_votes"]
 
     return tf.function(step, jit_compile=cfg.train.jit_compile or None, reduce_retracing=True)
+
+
+def _add(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+def slice_micro(images, labels, index: int, size):
+    start = index * size
+    return images[start:start + size], labels[start:start + size]
 
 
 @tf.function(reduce_retracing=True)

@@ -70,9 +70,10 @@ def run_closed(run, timeout: float) -> bool:
 def _log_start(parts: RunParts, resumed: bool) -> None:
     cfg, step, steps_per_epoch = parts.cfg, parts.step, parts.steps_per_epoch
     if resumed:
-        log.info("resuming from step %d (epoch %d, batch %d of %d) in %s", step, step // steps_per_epoch + 1,
-                 step % steps_per_epoch, steps_per_epoch, parts.run.url)
+        log.info("resuming from step %d (epoch %d, batch %d of %d) in %s; %s (%s backend)", step,
+                 step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch, parts.run.url,
+                 parts.batches.describe(), parts.backend.name)
     else:
-        log.info("starting %s on %s: %d epochs of %d steps, global batch %d on %d replica(s) (%s backend), run dir %s",
-                 cfg.model.name, cfg.data.name, parts.total_epochs, steps_per_epoch, cfg.train.batch_size,
-                 parts.backend.num_replicas, parts.backend.name, parts.run.url)
+        log.info("starting %s on %s: %d epochs of %d steps, %s (%s backend), run dir %s",
+                 cfg.model.name, cfg.data.name, parts.total_epochs, steps_per_epoch, parts.batches.describe(),
+                 parts.backend.name, parts.run.url)

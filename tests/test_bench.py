@@ -19,6 +19,9 @@ EXPECTED = {  # section -> phrases that each name exactly one of its figures
     "checkpoint": ["local save vs TF write", "blocking s, simple_cnn (15 MB): gs:// vs local save",
                    "CPU-s while blocking", "commit in the background", "best of 2: gs:// vs local save",
                    "resumed vs fresh start", "vs one epoch"],
+    "serving": ["serve req/s, 1 client", "serve req/s, 8 clients", "p50 latency ms, 1 client",
+                "p99 latency ms, 1 client", "p50 latency ms, 8 clients", "p99 latency ms, 8 clients",
+                "predict CLI on 40 PNG files"],
 }
 
 

@@ -34,7 +34,7 @@ from job.errors import EXIT_CRASH, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERR
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 MANIFESTS = ("job.yaml", "multiworker.yaml", "jobset.yaml", "horovod-mpijob.yaml", "tensorboard.yaml",
-             "kueue/queue.yaml")
+             "kueue/queue.yaml", "serve.yaml")
 # Kinds of custom resources, which kubernetes-validate has no schema for, and the cluster-scoped ones among them.
 CRD_KINDS = ("MPIJob", "JobSet", "ResourceFlavor", "ClusterQueue", "LocalQueue")
 CLUSTER_SCOPED = ("ResourceFlavor", "ClusterQueue")
@@ -210,7 +210,8 @@ def trainers(raw_docs, tmp_path_factory) -> list[Trainer]:
     for doc in raw_docs:
         for label, template in pod_templates(doc):
             for container in template["spec"]["containers"]:
-                if job_argv(container) is not None:
+                argv = job_argv(container)
+                if argv is not None and argv[:1] != ["serve"]:  # the serving Deployment has its own tests below
                     found.append(Trainer(doc, label, template, container, raw_docs, tmp))
     return found
 
@@ -434,7 +435,7 @@ def test_grace_period_covers_the_sigterm_checkpoint(trainers, raw_docs):
 def test_every_pod_is_hardened_and_writes_only_to_emptydirs(raw_docs):
     uid, gid, image_home = image_user()
     templates = all_pod_templates(raw_docs)
-    assert len(templates) == 5
+    assert len(templates) == 6
     for label, template in templates:
         pod = template["spec"]
         security = pod["securityContext"]
@@ -525,6 +526,7 @@ def test_bucket_image_namespace_and_accounts_are_set_in_one_place(raw_docs, tmp_
         "bucket=bucket-under-test",
         "trainer-service-account=trainer@project-under-test.iam.gserviceaccount.com",
         "tensorboard-service-account=viewer@project-under-test.iam.gserviceaccount.com",
+        "serve-service-account=server@project-under-test.iam.gserviceaccount.com",
     ]
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     docs = kustomize(tmp_path)
@@ -538,7 +540,12 @@ def test_bucket_image_namespace_and_accounts_are_set_in_one_place(raw_docs, tmp_
     accounts = {d["metadata"]["name"]: d["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
                 for d in find(docs, "ServiceAccount")}
     assert accounts == {"cifar-trainer": "trainer@project-under-test.iam.gserviceaccount.com",
-                        "cifar-tensorboard": "viewer@project-under-test.iam.gserviceaccount.com"}
+                        "cifar-tensorboard": "viewer@project-under-test.iam.gserviceaccount.com",
+                        "cifar-serve": "server@project-under-test.iam.gserviceaccount.com"}
+    serve, train = (env_of(template["spec"]["containers"][0])["RUN_DIR"]
+                    for _, template in (*pod_templates(one(docs, "Deployment", "cifar-serve")),
+                                        *pod_templates(one(docs, "Job", "cifar-train"))))
+    assert serve == train, "the served run must follow the training Job's when the bucket changes"
 
 
 def test_tensorboard_serves_the_runs_of_every_workload(raw_docs, trainers):
@@ -552,6 +559,157 @@ def test_tensorboard_serves_the_runs_of_every_workload(raw_docs, trainers):
         assert t.cfg.run_dir.startswith(logdir.rstrip("/") + "/"), f"TensorBoard does not see {t.cfg.run_dir}"
     port = int(args[args.index("--port") + 1])
     assert container["ports"][0]["containerPort"] == port
+
+
+# --- serving (issue 13) --------------------------------------------------------------------------------------------
+SERVE_PROBES = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+# The kubelet's defaults for the probe fields a manifest leaves out.
+PROBE_DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3}
+
+
+def serve_parts(docs: list[dict]) -> tuple[dict, dict, dict]:
+    """(the serving Deployment, its pod template, its one container)."""
+    deployment = one(docs, "Deployment", "cifar-serve")
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    return deployment, template, container
+
+
+def port_number(container: dict, port: int | str) -> int:
+    """A probe's or Service's port, a number or the name of one of the container's ports, as a number."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == port]
+    return number
+
+
+def serve_args(container: dict):
+    """The container's command line as the kubelet runs it ($(VAR) expanded), parsed by job/cli.py."""
+    env = env_of(container)
+    words = [expand(w, env) for w in container_argv(container)]
+    assert words[:len(JOB_COMMAND) + 1] == [*JOB_COMMAND, "serve"], f"not `python -m job serve`: {words}"
+    unresolved = re.findall(r"\$\(\w+\)", " ".join(words))
+    assert not unresolved, f"{unresolved} name no env var of the container (Kubernetes keeps them as is)"
+    try:
+        return build_parser().parse_args(words[len(JOB_COMMAND):])
+    except SystemExit:
+        pytest.fail(f"`{' '.join(words)}` is not a valid command line (see above)")
+
+
+@pytest.mark.parametrize("source", ["raw", "rendered"])
+def test_serve_runs_python_m_job_serve_on_the_training_jobs_run(source, raw, rendered, trainers):
+    docs = raw["serve.yaml"] + raw["job.yaml"] if source == "raw" else rendered
+    _, _, container = serve_parts(docs)
+    args = serve_args(container)
+    assert args.model is None and args.run_dir.startswith("gs://"), "the run is read from the bucket"
+    _, job_template = next(pod_templates(one(docs, "Job", "cifar-train")))
+    trainer = next(c for c in job_template["spec"]["containers"] if c["name"] == "trainer")
+    assert args.run_dir == env_of(trainer)["RUN_DIR"], "serve.yaml must serve the run k8s/job.yaml trains"
+    (job,) = [t for t in trainers if t.label == "Job/cifar-train"]
+    assert args.run_dir == job.cfg.run_dir
+    if args.checkpoint == "best":
+        assert job.cfg.data.validation_split > 0, "--checkpoint best needs a run with a validation split"
+    assert args.host == "0.0.0.0", "in a pod the server must listen beyond loopback"
+    assert [p["containerPort"] for p in container["ports"]] == [args.port]
+
+
+@pytest.mark.parametrize("source", ["raw", "rendered"])
+def test_serve_probes_service_and_policies_point_at_the_servers_port(source, raw, rendered):
+    docs = raw["serve.yaml"] if source == "raw" else rendered
+    deployment, template, container = serve_parts(docs)
+    port = serve_args(container).port
+    for kind, path in SERVE_PROBES.items():
+        get = container[kind]["httpGet"]
+        assert get["path"] == path and port_number(container, get["port"]) == port, kind
+        assert get.get("scheme", "HTTP") == "HTTP", kind
+    startup, readiness, liveness = ({**PROBE_DEFAULTS, **container[kind]} for kind in SERVE_PROBES)
+    # The server listens before TensorFlow is imported; on a busy node even that can take a while.
+    assert startup["initialDelaySeconds"] + startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    # The model loads behind /readyz (tens of seconds); traffic should follow soon after it is ready.
+    assert readiness["periodSeconds"] <= 10
+    # A prediction of 30 images keeps the CPUs busy; /healthz must not restart a pod for being busy for a while.
+    assert liveness["timeoutSeconds"] >= 3 and liveness["periodSeconds"] * liveness["failureThreshold"] >= 30
+    labels = template["metadata"]["labels"]
+    spec = deployment["spec"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["replicas"] >= 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a rollout waits for each new pod to be ready"
+    service = one(docs, "Service", "cifar-serve")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == 80 and port_number(container, service_port["targetPort"]) == port
+    selector = service["spec"]["selector"]
+    selected = [label for label, other in all_pod_templates(docs)
+                if selector.items() <= other["metadata"].get("labels", {}).items()]
+    assert selected == ["Deployment/cifar-serve"], f"the Service selects {selected}"
+    policy = one(docs, "NetworkPolicy", "cifar-serve")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [port]
+    budget = one(docs, "PodDisruptionBudget", "cifar-serve")["spec"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["maxUnavailable"] < spec["replicas"], "a drain must leave a replica serving"
+
+
+def test_serve_is_hardened_like_the_training_job_and_cpu_only(raw, raw_docs):
+    from job.serve import TOKEN_ENV
+
+    docs = raw["serve.yaml"]
+    deployment, template, container = serve_parts(docs)
+    pod = template["spec"]
+    job_pod = one(raw["job.yaml"], "Job")["spec"]["template"]["spec"]
+    trainer = next(c for c in job_pod["containers"] if c["name"] == "trainer")
+    assert pod["securityContext"] == job_pod["securityContext"]
+    assert container["securityContext"] == trainer["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    for writable in ("HOME", "TMPDIR"):  # where the run's working copy and caches go (also checked for every pod)
+        assert env_of(container)[writable] == env_of(trainer)[writable]
+    # Its own Google service account, which only reads the bucket; the trainer's writes.
+    account = one(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert pod["serviceAccountName"] != job_pod["serviceAccountName"]
+    assert account["automountServiceAccountToken"] is False
+    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    # CPU only, with requests and limits; not a batch workload, so not queued by Kueue.
+    resources = container["resources"]
+    for kind in ("cpu", "memory"):
+        assert 0 < quantity(resources["requests"][kind]) <= quantity(resources["limits"][kind]), kind
+    assert not [r for amounts in resources.values() for r in amounts if r not in ("cpu", "memory")], resources
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+    assert QUEUE_LABEL not in deployment["metadata"]["labels"] and QUEUE_LABEL not in template["metadata"]["labels"]
+    # TensorFlow's thread pool follows the container's own CPU limit, not the node's cores.
+    threads = next(e for e in container["env"] if e["name"] == "TF_NUM_INTRAOP_THREADS")["valueFrom"]
+    assert threads["resourceFieldRef"] == {"containerName": container["name"], "resource": "limits.cpu"}
+    # The token: from a Secret the user creates, optional; never a Secret (a credential) in the repository.
+    token = next(e for e in container["env"] if e["name"] == TOKEN_ENV)
+    assert "value" not in token and token["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert not find(raw_docs, "Secret")
+
+
+def test_serve_rehearsal_runs_the_deployments_pod_with_only_its_listed_changes(raw):
+    """tests/rehearsal/rehearse_serve.py (`make rehearse`): what podman runs is serve.yaml's pod template."""
+    from tests.rehearsal.rehearse_serve import TOKEN_ENV, serve_pod
+
+    _, template, original = serve_parts(raw["serve.yaml"])
+    pod, manifest_port = serve_pod(K8S / "serve.yaml", image="localhost/cifar-job:test", run_dir="gs://b/r",
+                                   storage_emulator_host="http://127.0.0.1:4443", port=45678, token="t" * 16)
+    (container,) = pod["spec"]["containers"]
+    assert manifest_port == serve_args(original).port
+    args = serve_args(container)
+    assert (args.run_dir, args.host, args.port, args.checkpoint) == ("gs://b/r", "127.0.0.1", 45678,
+                                                                     serve_args(original).checkpoint)
+    for key in ("securityContext", "volumeMounts", "name", "lifecycle"):  # resources: cpu capped on small hosts
+        if key == "volumeMounts":
+            assert [m["mountPath"] for m in container[key]] == [m["mountPath"] for m in original[key]]
+        else:
+            assert container[key] == original[key], key
+    kept = {k: v for k, v in pod["spec"].items() if k not in ("containers", "volumes", "hostNetwork")}
+    assert kept == {k: v for k, v in template["spec"].items() if k not in ("containers", "volumes")}
+    env = {e["name"]: e for e in container["env"]}
+    assert env[TOKEN_ENV] == {"name": TOKEN_ENV, "value": "t" * 16}
+    assert env["STORAGE_EMULATOR_HOST"]["value"] == "http://127.0.0.1:4443"
+    for item in original["env"]:
+        if item["name"] not in ("RUN_DIR", TOKEN_ENV):
+            assert env[item["name"]] == item, item["name"]
+    assert not set(SERVE_PROBES) & set(container) and "ports" not in container
 
 
 # --- checkov -------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser import artifacts_folder, chromium, console_problems, full_page_screenshot, requested_urls
 from cifar_archives import (
     CIFAR100_FINE_TO_COARSE,
     write_cifar10_archive,
@@ -18,7 +19,6 @@ from cifar_archives import (
 )
 from trainer_runs import committed_steps, kill_hard, run_job, start_job, trainer_env, wait_for
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 QUICK = ["train.epochs=2", "train.max_steps_per_epoch=5", "train.batch_size=16", "train.eval_batch_size=100",
          "run.progress=false"]
 
@@ -27,29 +27,13 @@ QUICK = ["train.epochs=2", "train.max_steps_per_epoch=5", "train.batch_size=16",
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    folder = Path(os.environ.get("JOB_TEST_ARTIFACTS") or tmp_path_factory.mktemp("report-screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"\nscreenshots of the pages go to {folder}")
-    return folder
+    return artifacts_folder(tmp_path_factory, "report-screenshots")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: run tests/tools/install.sh (apt-get install chromium "
-                    f"chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # the driver named: no download
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 def open_page(driver, page: Path, screenshot: Path) -> dict:
@@ -67,20 +51,13 @@ def open_page(driver, page: Path, screenshot: Path) -> dict:
     assert not not_loaded, f"images that did not load: {not_loaded}"
     assert {src for *_, src in images} == {"data:image/png;base64,"}
 
-    requests = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            requests.append(message["params"]["request"]["url"])
+    requests = requested_urls(driver)
     assert url in requests  # the log does record requests
     assert [r for r in requests if r != url and not r.startswith("data:")] == [], "the page made network requests"
-    problems = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    problems = console_problems(driver)
     assert not problems, problems  # e.g. a Content-Security-Policy violation: something tried to load
 
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, min(height + 120, 16000))
-    driver.save_screenshot(str(screenshot))
-    assert screenshot.stat().st_size > 10_000
+    full_page_screenshot(driver, screenshot)
     rows = lambda table: driver.execute_script(  # noqa: E731
         f"const t = document.getElementById('{table}'); return t ? t.tBodies[0].rows.length : null")
     return {"images": [alt for alt, *_ in images], "per_class_rows": rows("per-class"), "starts_rows": rows("starts"),

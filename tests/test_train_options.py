@@ -71,3 +71,40 @@ def test_two_replicas_of_batch_b_equal_one_replica_of_batch_2b(tmp_path):
     for name in a:
         # Summation order differs between one batch and two halves: float32 rounding only.
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_two_accumulation_steps_of_batch_b_equal_one_step_of_batch_2b(tmp_path):
+    """Gradient accumulation (job/batching.py): each micro-batch's loss is divided by the global batch and the
+    gradients summed before the one optimizer step, so the update is the whole batch's (no batch norm, no dropout)."""
+    same = [*BASE, "model.dropout=0", "train.deterministic=true", "optim.clip_norm=0.5",
+            "distribute.backend=single"]
+    whole = run_job("train", *same, f"run.dir={tmp_path / 'whole'}")
+    halves = run_job("train", *same, "train.accumulation_steps=2", f"run.dir={tmp_path / 'halves'}")
+    auto = run_job("train", *same, "train.max_device_batch=8", f"run.dir={tmp_path / 'auto'}")
+    for result in (whole, halves, auto):
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "global batch 32 = 1 replica(s) on 1 worker(s) x 2 accumulation step(s) x 16 per device" in halves.stderr
+    assert "x 4 accumulation step(s) x 8 per device" in auto.stderr  # chosen from the per-device limit
+    a = final_weights(tmp_path / "whole")
+    for run in ("halves", "auto"):
+        b = final_weights(tmp_path / run)
+        assert a.keys() == b.keys() and len(a) >= 8
+        # The whole model's weights, relative to their norm: smaller batches make oneDNN sum in another order, and
+        # one step's gradients agree to 1e-6; a tensor near zero (the first bias) would make an element-wise ratio
+        # meaningless.
+        names = sorted(a)
+        whole = np.concatenate([a[n].ravel() for n in names])
+        split = np.concatenate([b[n].ravel() for n in names])
+        difference = np.linalg.norm(split - whole) / np.linalg.norm(whole)
+        assert difference < 1e-5, f"{run}: the weights differ by {difference:.2e} of their norm"
+    metrics = [json.loads((tmp_path / r / "eval" / "metrics.json").read_text()) for r in ("whole", "halves")]
+    assert metrics[0]["top1"] == metrics[1]["top1"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["train.accumulation_steps=3"], "train.accumulation_steps=3 does not divide the 32 examples"),
+    (["train.max_device_batch=5"], "x 8 accumulation step(s) x 4 per device"),
+])
+def test_accumulation_settings_that_do_not_split_the_batch(tmp_path, options, message):
+    result = run_job("train", *BASE, *options, f"run.dir={tmp_path}", "train.epochs=1", "train.max_steps_per_epoch=1")
+    assert message in result.stderr, result.stderr[-2000:]

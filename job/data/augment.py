@@ -16,29 +16,47 @@ import tensorflow as tf
 from job.config import AugmentConfig
 
 
-def augment_batch(images: tf.Tensor, key: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
-    """uint8 (B, H, W, C) images and an int64 [2] stateless key -> augmented float32 images in [0, 255]."""
+def augment_batch(images: tf.Tensor, key: tf.Tensor, cfg: AugmentConfig, part: tuple[int, int] | None = None
+                  ) -> tf.Tensor:
+    """uint8 (B, H, W, C) images and an int64 [2] stateless key -> augmented float32 images in [0, 255].
+
+    `part=(offset, total)`: these B images are positions offset..offset+B-1 of a batch of `total` whose random numbers
+    are drawn as a whole, so a global batch split among any number of workers (or accumulation steps) is augmented
+    exactly as one worker augments it whole: what lets a run resume on another number of workers."""
+    offset, total = part or (0, None)
+    draw = _Draw(tf.shape(images)[0], offset, total)
     keys = tf.random.experimental.stateless_split(key, num=6)
     if cfg.rotation_degrees > 0 or cfg.zoom > 0:
-        images = _affine(tf.cast(images, tf.float32), keys, cfg)
+        images = _affine(tf.cast(images, tf.float32), keys, cfg, draw)
     else:
         if cfg.crop_padding > 0 or cfg.flip:
-            images = _crop_and_flip(images, keys, cfg)
+            images = _crop_and_flip(images, keys, cfg, draw)
         images = tf.cast(images, tf.float32)
     if cfg.cutout > 0:
-        images = _cutout(images, keys[5], cfg.cutout)
+        images = _cutout(images, keys[5], cfg.cutout, draw)
     return images
 
 
-def _crop_and_flip(images: tf.Tensor, keys: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+class _Draw:
+    """Per-image uniform random numbers for a part of a batch: drawn for the whole batch, this part sliced out."""
+
+    def __init__(self, count, offset: int, total: int | None):
+        self.count, self.offset, self.total = count, offset, total if total is not None else count
+
+    def __call__(self, lead: list, key, minval=0, maxval=None, dtype=tf.float32) -> tf.Tensor:
+        values = tf.random.stateless_uniform([*lead, self.total], key, minval, maxval, dtype=dtype)
+        return values[..., self.offset:self.offset + self.count]
+
+
+def _crop_and_flip(images: tf.Tensor, keys: tf.Tensor, cfg: AugmentConfig, draw: _Draw) -> tf.Tensor:
     shape = tf.shape(images)
-    b, h, w = shape[0], shape[1], shape[2]
+    h, w = shape[1], shape[2]
     p = cfg.crop_padding
     padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]]) if p else images
-    offset = tf.random.stateless_uniform([2, b], keys[0], 0, 2 * p + 1, dtype=tf.int32)  # crop corner in padded
+    offset = draw([2], keys[0], 0, 2 * p + 1, dtype=tf.int32)  # crop corner in padded
     cols = tf.range(w)[None, :]
     if cfg.flip:
-        flip = tf.random.stateless_uniform([b], keys[1]) < 0.5
+        flip = draw([], keys[1]) < 0.5
         cols = tf.where(flip[:, None], w - 1 - cols, cols)
     rows = tf.range(h)[None, :] + offset[0][:, None]  # (B, H)
     cols = cols + offset[1][:, None]  # (B, W)
@@ -46,26 +64,26 @@ def _crop_and_flip(images: tf.Tensor, keys: tf.Tensor, cfg: AugmentConfig) -> tf
     return tf.gather(picked_rows, cols, axis=2, batch_dims=1)
 
 
-def _affine(images: tf.Tensor, keys: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+def _affine(images: tf.Tensor, keys: tf.Tensor, cfg: AugmentConfig, draw: _Draw) -> tf.Tensor:
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
     hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
     # The transform maps each OUTPUT pixel (x, y) to the INPUT point it samples: in = M (out - c) + c + t.
     if cfg.rotation_degrees > 0:
         limit = cfg.rotation_degrees * math.pi / 180.0
-        angle = tf.random.stateless_uniform([b], keys[2], -limit, limit)
+        angle = draw([], keys[2], -limit, limit)
         cos, sin = tf.cos(angle), tf.sin(angle)
     else:
         cos, sin = tf.ones([b]), tf.zeros([b])
-    inv_zoom = 1.0 / tf.random.stateless_uniform([b], keys[3], 1.0 - cfg.zoom, 1.0 + cfg.zoom) if cfg.zoom > 0 \
+    inv_zoom = 1.0 / draw([], keys[3], 1.0 - cfg.zoom, 1.0 + cfg.zoom) if cfg.zoom > 0 \
         else tf.ones([b])
-    flip = tf.where(tf.random.stateless_uniform([b], keys[1]) < 0.5, -1.0, 1.0) if cfg.flip else tf.ones([b])
+    flip = tf.where(draw([], keys[1]) < 0.5, -1.0, 1.0) if cfg.flip else tf.ones([b])
     # M = flip_x @ rotation(-angle) / zoom (the inverse of "rotate by angle, then zoom in")
     m00, m01 = flip * cos * inv_zoom, flip * sin * inv_zoom
     m10, m11 = -sin * inv_zoom, cos * inv_zoom
     if cfg.crop_padding > 0:
         p = cfg.crop_padding
-        shift = tf.cast(tf.random.stateless_uniform([2, b], keys[0], -p, p + 1, dtype=tf.int32), tf.float32)
+        shift = tf.cast(draw([2], keys[0], -p, p + 1, dtype=tf.int32), tf.float32)
         tx, ty = shift[0], shift[1]
     else:
         tx = ty = tf.zeros([b])
@@ -78,13 +96,13 @@ def _affine(images: tf.Tensor, keys: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor
         interpolation="BILINEAR", fill_mode="CONSTANT")
 
 
-def _cutout(images: tf.Tensor, key: tf.Tensor, size: int) -> tf.Tensor:
+def _cutout(images: tf.Tensor, key: tf.Tensor, size: int, draw: _Draw) -> tf.Tensor:
     """Zero a size x size square per image, centred anywhere (it may stick out of the image), as DeVries & Taylor."""
     shape = tf.shape(images)
-    b, h, w = shape[0], shape[1], shape[2]
+    h, w = shape[1], shape[2]
     key_y, key_x = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
-    cy = tf.random.stateless_uniform([b], key_y, 0, h, dtype=tf.int32)
-    cx = tf.random.stateless_uniform([b], key_x, 0, w, dtype=tf.int32)
+    cy = draw([], key_y, 0, h, dtype=tf.int32)
+    cx = draw([], key_x, 0, w, dtype=tf.int32)
     top, left = cy - size // 2, cx - size // 2
     rows, cols = tf.range(h)[None, :], tf.range(w)[None, :]
     in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # (B, H)

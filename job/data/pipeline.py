@@ -3,8 +3,10 @@
 The order of an epoch is a numpy permutation derived from (seed, epoch), cut into global batches; worker i of k takes
 the i-th slice of every global batch, so k workers together see exactly the batches one worker with the same global
 batch would, each example once per epoch (the remainder that does not fill a global batch is dropped). Augmentation is
-keyed on (seed, epoch, worker, batch index), so `skip_batches=k` yields exactly what the full epoch yields after its
+keyed on (seed, epoch, batch index), so `skip_batches=k` yields exactly what the full epoch yields after its
 first k batches: a run resumed mid-epoch continues with the same images an uninterrupted run would have seen.
+The random numbers of a global batch are drawn whole and each worker keeps its slice, so the images of a step do not
+depend on how many workers share it: a run resumes on another number of workers with the same data.
 
 The image array is converted to one tensor that the map function captures and gathers from, rather than being sliced
 into the dataset graph element by element. There is no shuffle buffer to size: the permutation is a full shuffle.
@@ -62,14 +64,17 @@ def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, s
         raise ValueError(f"skip_batches={skip_batches} is outside the epoch's {len(batches)} batches")
     images, labels = tf.constant(x), tf.constant(y, tf.int32)
     batch_ids = tf.constant(batches)
-    epoch_key = tf.constant(np.random.SeedSequence(_entropy(seed, epoch, shard.index)).generate_state(2, np.uint32)
+    # One key per global batch, whatever the number of workers: each draws the global batch's random numbers and
+    # keeps its part, so the run can resume on another number of workers with the same images.
+    epoch_key = tf.constant(np.random.SeedSequence(_entropy(seed, epoch, 0)).generate_state(2, np.uint32)
                             .astype(np.int64))
     augment = cfg.augment
+    part = (shard.index * shard.batch_size, shard.batch_size * shard.num_shards)
 
     def load(step: tf.Tensor):
         ids = batch_ids[step]
         key = tf.random.experimental.stateless_fold_in(epoch_key, step)
-        return augment_batch(tf.gather(images, ids), key, augment), tf.gather(labels, ids)
+        return augment_batch(tf.gather(images, ids), key, augment, part), tf.gather(labels, ids)
 
     dataset = tf.data.Dataset.range(skip_batches, len(batches))
     dataset = dataset.map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)

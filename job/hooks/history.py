@@ -58,8 +58,15 @@ class HistoryHook(Hook):
         self.record["epochs"] = [e for e in self.record["epochs"]
                                  if int(e.get("epoch", 0)) * self.steps_per_epoch <= step]
         now = time.time()
+        batches = loop.parts.batches.record()
+        previous = self.record["starts"][-1] if self.record["starts"] else {}
+        changed = {k: (previous[k], v) for k, v in batches.items() if k in previous and previous[k] != v}
+        if changed:  # resumed on other capacity: same global batch, split differently
+            log.info("resumed with %s where the last start had %s; the global batch, data order and schedule are "
+                     "unchanged (%s)", ", ".join(f"{k}={new}" for k, (_, new) in changed.items()),
+                     ", ".join(f"{k}={old}" for k, (old, _) in changed.items()), loop.parts.batches.describe())
         self.record["starts"].append({"started_at": now, "step": step, "epoch": step / self.steps_per_epoch,
-                                      "host": socket.gethostname(), "pid": os.getpid(), "last_at": now})
+                                      "host": socket.gethostname(), "pid": os.getpid(), "last_at": now, **batches})
         self._write()
 
     def on_epoch_end(self, loop, epoch, train, validation):

@@ -1,10 +1,11 @@
 """`python -m job serve`: a web page and an HTTP API that classify uploaded images with a run's model.
 
 The arguments are checked first, cheaply (the run has a config and a committed checkpoint, the model file exists, the
-limits are positive), so a wrong one ends with one line and exit 2 before any port is opened. Then uvicorn listens
-at once — /healthz answers, /readyz says 503 — and the model is loaded in a background thread (TensorFlow's import,
-the checkpoint restore, one warm-up prediction); /readyz turns 200 when it is done. If the load fails, the reason is
-logged in one line and the process exits non-zero (the UserError's code, 1 otherwise), so Kubernetes restarts it.
+limits are positive, the port is free), so a wrong one ends with one line and exit 2 before any port is opened. Then
+uvicorn listens at once — /healthz answers, /readyz says 503 — and the model is loaded in a background thread
+(TensorFlow's import, the checkpoint restore, one warm-up prediction); /readyz turns 200 when it is done. If the load
+fails, the reason is logged in one line and the process exits non-zero (the UserError's code, 1 otherwise), so
+Kubernetes restarts it.
 
 The app itself is job/serve/app.py; the body limits and the in-memory multipart reader job/serve/uploads.py.
 """
@@ -14,6 +15,8 @@ import ipaddress
 import logging
 import os
 import re
+import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -36,6 +39,7 @@ def main(args) -> int:
     limits = resolve_limits(args)
     token = resolve_token()
     check_source(args.run_dir, args.model)
+    check_port(args.host, args.port)
     if not _is_loopback(args.host) and token is None:
         log.warning("serving on %s without %s: anyone who can reach port %d can use the model", args.host,
                     TOKEN_ENV, args.port)
@@ -83,7 +87,8 @@ def main(args) -> int:
 
 
 def _server(config):
-    """A uvicorn.Server that calls its `on_listening` once its sockets are open (uvicorn has no hook for that)."""
+    """A uvicorn.Server that calls its `on_listening` once its sockets are open (uvicorn has no hook for that), and
+    ends with exit code 0 after SIGTERM."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -93,6 +98,12 @@ def _server(config):
             await super().startup(sockets)
             if self.started and not self.should_exit and self.on_listening:
                 self.on_listening()
+
+        def handle_exit(self, sig, frame) -> None:
+            if sig == signal.SIGTERM:  # a rollout or a drain: finish the requests under way, then exit 0 (uvicorn
+                self.should_exit = True  # would raise SIGTERM again once done, so the process died of it: 143)
+                return
+            super().handle_exit(sig, frame)
 
     return Server(config)
 
@@ -160,6 +171,25 @@ def check_source(run_dir: str | None, model_file: str | None) -> None:
         raise
     except Exception as e:  # noqa: BLE001 - gs:// errors come in many types; one line says which
         raise UserError(f"cannot read --run-dir {run_dir} ({type(e).__name__}: {first_line(e)})") from None
+
+
+def check_port(host: str, port: int) -> None:
+    """That the address can be listened on (free, allowed, one of this machine's): a one-line error now rather than
+    uvicorn's log line and exit 3 later. (Another process could still take it in between; uvicorn then says so.)"""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number (1-65535)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise UserError(f"--host {host} is not an address of this machine ({e.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host} port {port} ({e.strerror}); pick another --port or --host") \
+                from None
 
 
 def _hold_for_test() -> None:

@@ -54,6 +54,11 @@ PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-i
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+# FastAPI resolves the (string) annotations of the route functions in this module's namespace, so these are here
+_BEARER = HTTPBearer(auto_error=False, description="only when the server has JOB_SERVE_TOKEN set")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
 class ModelSlot:
     """The classifier, once the background load has put it here; what /readyz reports."""
 
@@ -125,14 +130,13 @@ def create_app(slot: ModelSlot, limits: Limits | None = None, token: str | None 
     Image.MAX_IMAGE_PIXELS = None
     page = PAGE.read_text(encoding="utf-8")
     heavy = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))  # decoding and inference: bounded memory
-    bearer = HTTPBearer(auto_error=False, description="only when the server has JOB_SERVE_TOKEN set")
 
     app = FastAPI(title="job serve", version="1",
                   description="Classifies uploaded images with a model trained by `python -m job train`. The page "
                               "at / does the same in a browser. Errors are JSON: {\"error\": \"one line\"}.",
                   redoc_url=None)
 
-    def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> None:
+    def authorize(credentials: Credentials = None) -> None:
         if token is None:
             return
         given = credentials.credentials if credentials is not None else ""

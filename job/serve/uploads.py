@@ -3,19 +3,21 @@
 Starlette's `request.form()` spools every file over 1 MB to a temporary file, and reads the whole body before any
 limit could apply. Here the body is read chunk by chunk, counted against the byte limit whether or not the client sent
 a Content-Length (a chunked upload is cut off at the limit too), and fed to python-multipart's streaming parser, which
-hands back each part's bytes; the file count is checked as each part starts. What a request can hold is therefore
-bounded by the byte limit before anything is parsed or decoded.
+hands back each part's bytes; the file count is checked as each part starts. What a request can hold in memory is
+therefore bounded by the byte limit, whatever the client claims.
 
     uploads = await read_uploads(request, limits)     # [Upload(filename, content_type, data), ...]; or RequestError
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 
 import anyio
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
+
+from job.images import DEFAULT_MAX_PIXELS
 
 _FILENAME_LIMIT = 200  # characters of a client's file name kept (in answers and error messages)
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -26,7 +28,7 @@ class Limits:
     """What one request may hold. The defaults suit a model with a 32x32 input served to the public."""
     max_request_bytes: int = 32 * 1024 * 1024
     max_files: int = 64
-    max_pixels: int = 40_000_000  # job.images.DEFAULT_MAX_PIXELS; per image, checked from its header
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, checked from its header before it is decoded
     upload_seconds: float = 60.0  # the whole body must arrive within this time (a slow client holds a connection)
 
     def as_dict(self) -> dict:
@@ -187,19 +189,7 @@ async def read_uploads(request, limits: Limits) -> list[Upload]:
     except TimeoutError:
         raise RequestError(408, f"the upload took longer than {limits.upload_seconds:g} s",
                            headers={"Connection": "close"}) from None
+    except ClientDisconnect:  # nobody reads the answer; this keeps the log to the access line
+        raise RequestError(400, "the client disconnected during the upload") from None
     return reader.finish()
 
-
-def env_limits(environ=os.environ) -> dict:
-    """Limits from the environment (JOB_SERVE_MAX_REQUEST_MB, JOB_SERVE_MAX_FILES, JOB_SERVE_MAX_PIXELS), for
-    containers that set env rather than arguments; the command line's flags win."""
-    values = {}
-    for key, name, kind in (("max_request_mb", "JOB_SERVE_MAX_REQUEST_MB", float),
-                            ("max_files", "JOB_SERVE_MAX_FILES", int), ("max_pixels", "JOB_SERVE_MAX_PIXELS", int)):
-        raw = environ.get(name, "").strip()
-        if raw:
-            try:
-                values[key] = kind(raw)
-            except ValueError:
-                values[key] = raw  # refused with its name by the range check
-    return values

@@ -4,6 +4,8 @@ a tiny training config. podman runs Pods, not Jobs, and has no GPU, no registry 
 Everything the rehearsal is meant to test is copied unchanged from the manifest: command, args, env, volume mounts,
 volumes, securityContext (pod and container), restartPolicy, terminationGracePeriodSeconds. Only what cannot work on
 this machine is changed, and each change is listed in `CHANGES` so a reader of the rehearsal log sees them.
+`rehearsal_pod` makes the changes any workload's pod template needs (`POD_CHANGES`); k8s/serve.yaml's rehearsal
+(tests/rehearsal/rehearse_serve.py) uses it for its Deployment's template.
 """
 from __future__ import annotations
 
@@ -16,16 +18,22 @@ from typing import Any
 import yaml
 
 GPU = "nvidia.com/gpu"
-CHANGES = (
-    "Job -> Pod: its spec.template as the Pod spec (podman kube play runs Pods, not Jobs)",
+# What rehearsal_pod changes in any pod template (the env it points at the fake bucket is named in each rehearsal's own
+# list of changes).
+POD_CHANGES = (
     "image -> the locally built one, imagePullPolicy Never (no registry)",
     f"resources: {GPU} and the GPU toleration dropped; cpu capped at this machine's cores",
     "hostNetwork: true (container traffic stays on the host's loopback, where fake-gcs-server listens)",
-    "env RUN_DIR/DATA_DIR -> the fake bucket; STORAGE_EMULATOR_HOST added",
+    "STORAGE_EMULATOR_HOST added (the fake-gcs-server's address)",
     "$(VAR) references in command/args/env expanded here as the kubelet does (podman 4.3 passes them on literally)",
     "volumes renamed <pod>-<name>: podman makes emptyDirs into named volumes, and bare names like 'tmp' could clash",
     "emptyDir medium Memory -> a tmpfs volume made beforehand, root:fsGroup mode 2777 as the kubelet makes it "
     "(podman 4.3 would mount a root-only directory at /dev/shm); sizeLimit is not enforced",
+)
+CHANGES = (
+    "Job -> Pod: its spec.template as the Pod spec (podman kube play runs Pods, not Jobs)",
+    *POD_CHANGES,
+    "env RUN_DIR/DATA_DIR -> the fake bucket",
     "ConfigMap train.yaml -> the manifest's recipe with a tiny model, dataset and step count",
 )
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
@@ -84,16 +92,27 @@ def rehearsal_docs(job_yaml: Path, *, pod_name: str, image: str, run_dir: str, d
     """[ConfigMap, Pod] for `podman kube play`, derived from the Job (and its ConfigMap) in `job_yaml`."""
     docs = load_docs(job_yaml)
     job = find(docs, "Job")
-    template = copy.deepcopy(job["spec"]["template"])
-    spec = template["spec"]
-    container = trainer_container(spec)
-
-    config_volumes = [v for v in spec.get("volumes", []) if "configMap" in v]
+    template = job["spec"]["template"]
+    config_volumes = [v for v in template["spec"].get("volumes", []) if "configMap" in v]
     if len(config_volumes) != 1:
         raise ValueError(f"expected one configMap volume in the Job's pod template, found {len(config_volumes)}")
     configmap = copy.deepcopy(find(docs, "ConfigMap", config_volumes[0]["configMap"]["name"]))
     (key, recipe), = configmap["data"].items()
     configmap["data"][key] = tiny_train_yaml(recipe, train_overrides)
+    pod = rehearsal_pod(template, pod_name=pod_name, image=image, container_name="trainer",
+                        env_values={"RUN_DIR": run_dir, "DATA_DIR": data_dir},
+                        storage_emulator_host=storage_emulator_host, cpus=cpus)
+    return [configmap, pod]
+
+
+def rehearsal_pod(template: dict[str, Any], *, pod_name: str, image: str, container_name: str,
+                  env_values: dict[str, str], storage_emulator_host: str, cpus: int | None = None) -> dict[str, Any]:
+    """A workload's pod template (a Job's or a Deployment's; not changed) as a Pod for `podman kube play`, with the
+    changes of POD_CHANGES made, and the env variables in `env_values` (which the container must define) set to those
+    values."""
+    template = copy.deepcopy(template)
+    spec = template["spec"]
+    container = trainer_container(spec, container_name)
 
     container["image"] = image
     container["imagePullPolicy"] = "Never"
@@ -110,14 +129,14 @@ def rehearsal_docs(job_yaml: Path, *, pod_name: str, image: str, run_dir: str, d
         del spec["tolerations"]
     spec["hostNetwork"] = True
 
-    replacements = {"RUN_DIR": run_dir, "DATA_DIR": data_dir}
+    replacements = dict(env_values)
     env = container.setdefault("env", [])
     for item in env:
         if item["name"] in replacements:
             item["value"] = replacements.pop(item["name"])
     if replacements:
-        raise ValueError(f"the trainer container has no env {', '.join(replacements)}: the rehearsal cannot redirect "
-                         "it to the fake bucket")
+        raise ValueError(f"the {container_name} container has no env {', '.join(replacements)}: the rehearsal cannot "
+                         "redirect it to the fake bucket")
     env.append({"name": "STORAGE_EMULATOR_HOST", "value": storage_emulator_host})
     defined: dict[str, str] = {}
     for item in env:  # an env value may refer to the variables above it
@@ -135,10 +154,9 @@ def rehearsal_docs(job_yaml: Path, *, pod_name: str, image: str, run_dir: str, d
                     mount["name"] = renamed
         volume["name"] = renamed
 
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": pod_name, "labels": template.get("metadata", {}).get("labels", {})},
-           "spec": spec}
-    return [configmap, pod]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "labels": template.get("metadata", {}).get("labels", {})},
+            "spec": spec}
 
 
 def memory_volumes(pod: dict[str, Any]) -> dict[str, str]:

@@ -106,17 +106,20 @@ def check_checkpoint_complete(bucket: Bucket, step: int) -> None:
 
 # --- one pod run ---------------------------------------------------------------------------------------------------
 class PodRun:
-    """`podman kube play` of the rehearsal Pod; its trainer's log is copied live to stdout and to a file."""
+    """`podman kube play` of the rehearsal Pod; its trainer's log is copied live to stdout and to a file. `pod` and
+    `container` name another rehearsal's Pod (rehearse_serve.py); podman names its containers <pod>-<name>."""
 
-    def __init__(self, manifest: Path, volumes: list[str], tmpfs_volumes: dict[str, str], log_file: Path, label: str):
+    def __init__(self, manifest: Path, volumes: list[str], tmpfs_volumes: dict[str, str], log_file: Path, label: str,
+                 pod: str = POD, container: str = CONTAINER):
         self.manifest, self.volumes, self.tmpfs_volumes = manifest, volumes, tmpfs_volumes
         self.log_file, self.label = log_file, label
+        self.pod, self.container = pod, container
         self._follower: subprocess.Popen | None = None
         self._copier: threading.Thread | None = None
 
     def remove(self) -> None:
         """Pod, containers and volumes of any earlier run: the next pod starts with empty emptyDirs."""
-        podman("pod", "rm", "--force", "--ignore", "--time", "0", POD, check=False)
+        podman("pod", "rm", "--force", "--ignore", "--time", "0", self.pod, check=False)
         for volume in self.volumes:
             if subprocess.run(["podman", "volume", "exists", volume]).returncode == 0:
                 podman("volume", "rm", "--force", volume)
@@ -126,7 +129,7 @@ class PodRun:
         for name, options in self.tmpfs_volumes.items():  # kube play mounts an existing volume of the same name
             podman("volume", "create", "--opt", "type=tmpfs", "--opt", "device=tmpfs", "--opt", f"o={options}", name)
         podman("kube", "play", str(self.manifest))
-        self._follower = subprocess.Popen(["podman", "logs", "--follow", CONTAINER], stdout=subprocess.PIPE,
+        self._follower = subprocess.Popen(["podman", "logs", "--follow", self.container], stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True)
         self._copier = threading.Thread(target=self._copy_log, daemon=True)
         self._copier.start()
@@ -139,7 +142,7 @@ class PodRun:
                 print(f"  [{self.label}] {line}", end="", flush=True)
 
     def status(self) -> str:
-        return podman("inspect", "--format", "{{.State.Status}}", CONTAINER)
+        return podman("inspect", "--format", "{{.State.Status}}", self.container)
 
     def wait_exit(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -149,7 +152,7 @@ class PodRun:
             time.sleep(1)
         if self._copier:
             self._copier.join(timeout=30)
-        return int(podman("inspect", "--format", "{{.State.ExitCode}}", CONTAINER))
+        return int(podman("inspect", "--format", "{{.State.ExitCode}}", self.container))
 
     def log_text(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
