@@ -2,7 +2,9 @@
 # `make rehearse`: build the CPU image with podman, then rehearse k8s/job.yaml with it (tests/rehearsal/rehearse.py:
 # the Job's pod template under `podman kube play` against fake-gcs-server on 127.0.0.1, SIGTERM mid-training, resume),
 # k8s/serve.yaml (tests/rehearsal/rehearse_serve.py: the Deployment's pod template serving a run trained into the fake
-# bucket: probes, /v1/predict with the token, SIGTERM) and, when the image has Horovod, the launch of
+# bucket: probes, /v1/predict with the token, SIGTERM), k8s/tune.yaml (tests/rehearsal/rehearse_tune.py: two trial
+# worker pods and their init containers against a PostgreSQL of its own on 127.0.0.1 (Debian's postgresql, from
+# tests/tools/install.sh) and fake-gcs-server finish a 2x1 grid study) and, when the image has Horovod, the launch of
 # k8s/horovod-mpijob.yaml (tests/rehearsal/rehearse_mpi.py: the launcher's relay and mpirun with two ranks, SIGTERM
 # mid-training, resume on both ranks).
 # Runs as root on a fresh Debian 12 machine: docker/podman-setup.sh installs podman and makes the base image.
@@ -36,6 +38,11 @@ if [[ $status == 0 ]]; then
   start=$SECONDS
   "$venv/bin/python" -m tests.rehearsal.rehearse_serve --image "$image" --out "$out" || status=$?
   times="$times, serve.yaml rehearsal $((SECONDS - start)) s"
+fi
+if [[ $status == 0 ]]; then
+  start=$SECONDS
+  "$venv/bin/python" -m tests.rehearsal.rehearse_tune --image "$image" --out "$out" || status=$?
+  times="$times, tune.yaml rehearsal $((SECONDS - start)) s"
 fi
 if [[ "${WITH_HOROVOD:-1}" == 1 && $status == 0 ]]; then
   start=$SECONDS

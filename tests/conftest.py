@@ -6,5 +6,6 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests measure CPU behaviour
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_outage_server); digits_run, a trained run (trained once)
-pytest_plugins = ["gcs_server", "trained_model"]
+# fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_outage_server); digits_run, a trained run (trained once);
+# a real PostgreSQL (postgres_server, session; postgres_database, a fresh database per test)
+pytest_plugins = ["gcs_server", "trained_model", "postgres_server"]

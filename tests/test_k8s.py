@@ -34,7 +34,7 @@ from job.errors import EXIT_CRASH, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERR
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 MANIFESTS = ("job.yaml", "multiworker.yaml", "jobset.yaml", "horovod-mpijob.yaml", "tensorboard.yaml",
-             "kueue/queue.yaml", "serve.yaml")
+             "kueue/queue.yaml", "serve.yaml", "tune.yaml")
 # Kinds of custom resources, which kubernetes-validate has no schema for, and the cluster-scoped ones among them.
 CRD_KINDS = ("MPIJob", "JobSet", "ResourceFlavor", "ClusterQueue", "LocalQueue")
 CLUSTER_SCOPED = ("ResourceFlavor", "ClusterQueue")
@@ -211,7 +211,8 @@ def trainers(raw_docs, tmp_path_factory) -> list[Trainer]:
         for label, template in pod_templates(doc):
             for container in template["spec"]["containers"]:
                 argv = job_argv(container)
-                if argv is not None and argv[:1] != ["serve"]:  # the serving Deployment has its own tests below
+                # The serving Deployment has its own tests below, the tuning workers theirs in test_k8s_tune.py.
+                if argv is not None and argv[:1] not in (["serve"], ["tune"]):
                     found.append(Trainer(doc, label, template, container, raw_docs, tmp))
     return found
 
@@ -274,7 +275,7 @@ def test_mpijob_pod_templates_validate_as_core_v1(version, raw):
 
 # --- what schemas miss ---------------------------------------------------------------------------------------------
 def test_job_failure_policy_matches_the_trainers_exit_codes(raw_docs):
-    jobs = find(raw_docs, "Job")
+    jobs = [j for j in find(raw_docs, "Job") if j["metadata"]["name"] != "cifar-tune"]  # test_k8s_tune.py
     assert {j["metadata"]["name"] for j in jobs} == {"cifar-train", "cifar-train-mw"}
     for job in jobs:
         spec, name = job["spec"], job["metadata"]["name"]
@@ -402,7 +403,7 @@ def config_maps_with_configs(docs: list[dict]) -> list[tuple[str, str, str]]:
 def test_config_maps_state_only_what_differs_from_their_preset(raw_docs, trainers, tmp_path):
     from job.config import from_dict, to_dict
 
-    found = config_maps_with_configs(raw_docs)
+    found = [f for f in config_maps_with_configs(raw_docs) if f[0] != "cifar-tune-space"]  # a space, not a config
     assert {(name, key) for name, key, _ in found} == {(t.config_map["metadata"]["name"], Path(t.args.config).name)
                                                        for t in trainers}, "a ConfigMap config no trainer reads"
     for name, key, text in found:
@@ -435,7 +436,7 @@ def test_grace_period_covers_the_sigterm_checkpoint(trainers, raw_docs):
 def test_every_pod_is_hardened_and_writes_only_to_emptydirs(raw_docs):
     uid, gid, image_home = image_user()
     templates = all_pod_templates(raw_docs)
-    assert len(templates) == 6
+    assert len(templates) == 7
     for label, template in templates:
         pod = template["spec"]
         security = pod["securityContext"]
@@ -459,7 +460,7 @@ def test_every_pod_is_hardened_and_writes_only_to_emptydirs(raw_docs):
 def test_training_pods_get_gpus_tolerations_and_shared_memory(raw_docs):
     gpu_containers = gpu_pod_templates(raw_docs)
     assert sorted(label for label, _, _ in gpu_containers) == ["Job/cifar-train", "Job/cifar-train-mw",
-                                                               "MPIJob/cifar-train-hvd/Worker"]
+                                                               "Job/cifar-tune", "MPIJob/cifar-train-hvd/Worker"]
     for label, template, container in gpu_containers:
         resources = container["resources"]
         assert resources["requests"][GPU] == resources["limits"][GPU], label
@@ -472,7 +473,12 @@ def test_training_pods_get_gpus_tolerations_and_shared_memory(raw_docs):
 
 def test_references_resolve_within_k8s(rendered):
     """Names that only the API server would resolve: a typo passes every schema and fails at run time."""
-    for label, template in all_pod_templates(rendered):
+    statefulsets = find(rendered, "StatefulSet")
+    templates = all_pod_templates(rendered) + [(f"StatefulSet/{d['metadata']['name']}", d["spec"]["template"])
+                                               for d in statefulsets]
+    claims = {f"StatefulSet/{d['metadata']['name']}": {c["metadata"]["name"] for c in d["spec"]["volumeClaimTemplates"]}
+              for d in statefulsets}
+    for label, template in templates:
         pod = template["spec"]
         if "serviceAccountName" in pod:
             one(rendered, "ServiceAccount", pod["serviceAccountName"])
@@ -480,9 +486,9 @@ def test_references_resolve_within_k8s(rendered):
             if "configMap" in volume:
                 one(rendered, "ConfigMap", volume["configMap"]["name"])
         for container in pod["containers"]:
-            names = {v["name"] for v in pod.get("volumes", [])}
+            names = {v["name"] for v in pod.get("volumes", [])} | claims.get(label, set())
             assert {m["name"] for m in container.get("volumeMounts", [])} <= names, label
-    pods = {label: template["metadata"]["labels"] for label, template in all_pod_templates(rendered)}
+    pods = {label: template["metadata"]["labels"] for label, template in templates}
     for service in find(rendered, "Service"):
         assert any(service["spec"]["selector"].items() <= labels.items() for labels in pods.values())
     policies = find(rendered, "NetworkPolicy")
@@ -538,7 +544,7 @@ def test_bucket_image_namespace_and_accounts_are_set_in_one_place(raw_docs, tmp_
     images = {c["image"] for _, t in all_pod_templates(docs) for c in t["spec"]["containers"]}
     assert images == {"registry.test/team/trainer:7.7.7"}
     accounts = {d["metadata"]["name"]: d["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
-                for d in find(docs, "ServiceAccount")}
+                for d in find(docs, "ServiceAccount") if d["metadata"].get("annotations")}
     assert accounts == {"cifar-trainer": "trainer@project-under-test.iam.gserviceaccount.com",
                         "cifar-tensorboard": "viewer@project-under-test.iam.gserviceaccount.com",
                         "cifar-serve": "server@project-under-test.iam.gserviceaccount.com"}
@@ -681,7 +687,8 @@ def test_serve_is_hardened_like_the_training_job_and_cpu_only(raw, raw_docs):
     # The token: from a Secret the user creates, optional; never a Secret (a credential) in the repository.
     token = next(e for e in container["env"] if e["name"] == TOKEN_ENV)
     assert "value" not in token and token["valueFrom"]["secretKeyRef"]["optional"] is True
-    assert not find(raw_docs, "Secret")
+    # (k8s/tune.yaml's Secret holds a database URL without its password: tests/test_k8s_tune.py checks.)
+    assert not [s for s in find(raw_docs, "Secret") if s["metadata"]["name"] != "cifar-tune-storage"]
 
 
 def test_serve_rehearsal_runs_the_deployments_pod_with_only_its_listed_changes(raw):
@@ -938,7 +945,7 @@ def gang_requests(workload: dict) -> dict[str, float]:
 def test_every_training_workload_is_queued_by_kueue_and_fits_the_quota(rendered, kustomization):
     workloads = find(rendered, "Job") + find(rendered, "MPIJob") + find(rendered, "JobSet")
     assert sorted(w["metadata"]["name"] for w in workloads) == ["cifar-train", "cifar-train-hvd", "cifar-train-js",
-                                                              "cifar-train-mw"]
+                                                              "cifar-train-mw", "cifar-tune"]
     local = one(rendered, "LocalQueue")
     cluster = one(rendered, "ClusterQueue", local["spec"]["clusterQueue"])
     namespace = kustomization["namespace"]

@@ -43,8 +43,7 @@ def storage(request) -> str | None:
     """None: the default SQLite study in the study dir; else a fresh database on a real PostgreSQL server."""
     if request.param == "sqlite":
         return None
-    server = request.getfixturevalue("postgres_server")
-    return server.create_database(f"tune_{request.node.name.split('[')[0][-20:]}_{id(request) % 100000}")
+    return request.getfixturevalue("postgres_database")
 
 
 GRID = {"study": "grid", "sampler": "grid",
@@ -57,14 +56,24 @@ def test_a_six_point_grid_with_three_workers_trains_each_point_exactly_once(tmp_
 
     space = write_space(tmp_path, **GRID)
     study_dir = tmp_path / "study"
-    result = tune(space, study_dir, "--workers", "3", "train.epochs=1", storage=storage)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if storage is None:  # one command, three worker processes on its SQLite study
+        result = tune(space, study_dir, "--workers", "3", "train.epochs=1")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        output = result.stdout
+    else:  # three independent workers started at once on a fresh database, as the pods of k8s/tune.yaml start
+        command = [*job_command("tune", "--config", "digits_resnet20", "--space", str(space), "--study-dir",
+                                str(study_dir), "--storage", storage, "train.epochs=1", *TRIAL_ARGS)]
+        workers = [subprocess.Popen(command, cwd=ROOT, env=trainer_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+        outputs = [w.communicate(timeout=900)[0] for w in workers]
+        assert [w.returncode for w in workers] == [0, 0, 0], "\n".join(o[-2000:] for o in outputs)
+        output = "".join(f"[worker {i}] {line}\n" for i, o in enumerate(outputs) for line in o.splitlines())
     study = load(space, study_dir, storage)
     complete = [t for t in study.trials() if t.state == TrialState.COMPLETE]
     assert len(complete) == 6 and len(study.trials()) == 6  # nothing surplus, nothing twice
     assert sorted((t.params["optim.lr"], t.params["train.batch_size"]) for t in complete) == sorted(
         (lr, b) for lr in (0.01, 0.02, 0.05) for b in (32, 64))
-    workers = {line.split("]")[0] for line in result.stdout.splitlines() if " trial " in line and " in " in line}
+    workers = {line.split("]")[0] for line in output.splitlines() if " trial " in line and " in " in line}
     assert len(workers) >= 2, workers  # the trials were shared out among the workers
     for trial in complete:
         run = study_dir / "trials" / str(trial.number)

@@ -8,12 +8,11 @@ import html
 import io
 import logging
 
-import optuna
 import yaml
 from optuna.trial import TrialState
 
 from job.storage import open_storage
-from job.tune.study import ERROR_ATTR, RUN_ATTR, SURPLUS_ATTR, Study, is_retry, origin_number
+from job.tune.study import ERROR_ATTR, RUN_ATTR, SURPLUS_ATTR, Study, is_retry, origin_number, retries
 
 log = logging.getLogger("job")
 
@@ -33,7 +32,7 @@ def rows(study: Study) -> list[dict]:
         state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
                  TrialState.WAITING: "queued", TrialState.FAIL: "failed"}[trial.state]
         if is_retry(trial):
-            state += f" (retry {len(optuna.storages.RetryFailedTrialCallback.retry_history(trial))})"
+            state += f" (retry {retries(trial)})"
         best = trial.value if trial.state == TrialState.COMPLETE else _best_reported(trial)
         seconds = trial.user_attrs.get("seconds")
         if seconds is None and trial.datetime_start:

