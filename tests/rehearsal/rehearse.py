@@ -3,7 +3,8 @@ fake-gcs-server on the host's loopback, is stopped with SIGTERM mid-training lik
 
 Passes when:
   1. the first run exits 75 (the code the Job's podFailurePolicy retries) within the manifest's
-     terminationGracePeriodSeconds, having committed a checkpoint whose files are all in the bucket;
+     terminationGracePeriodSeconds, having committed a checkpoint whose files are all in the bucket, and its own log
+     (logs/trainer/ in the bucket) holds what it printed up to the SIGTERM: the pod's log outlives the pod;
   2. the second run, in a fresh pod with fresh emptyDirs (like the Job's replacement pod), logs
      "resuming from step N" with N the step the first run committed, and exits 0;
   3. the bucket then holds a committed checkpoint of the last step and eval/metrics.json.
@@ -85,6 +86,20 @@ class Bucket:
     def read(self, name: str) -> bytes:
         with urllib.request.urlopen(f"{self.base}/{urllib.parse.quote(name, safe='')}?alt=media", timeout=10) as resp:
             return resp.read()
+
+
+def check_pod_log_kept(bucket: Bucket, run: str, lines: list[str]) -> None:
+    """The pod's own log outlives the pod: its file under logs/trainer/ in the bucket (job/runlog.py) holds what it
+    printed up to its exit, the SIGTERM included."""
+    logs = sorted(bucket.list(f"{RUN_PREFIX}/logs/trainer/"))
+    if not logs:
+        raise RehearsalFailed(f"{run} left no log in gs://{BUCKET}/{RUN_PREFIX}/logs/trainer/")
+    text = bucket.read(logs[-1]).decode(errors="replace")
+    missing = [line for line in lines if line not in text]
+    if missing:
+        raise RehearsalFailed(f"{run}'s log in the bucket ({logs[-1]}) lacks {missing}: its last lines were lost")
+    log(f"{run}'s log survives the pod in gs://{BUCKET}/{logs[-1]} ({len(text.splitlines())} lines, "
+        f"ending with {text.splitlines()[-1][:80]!r})")
 
 
 def committed_steps(bucket: Bucket) -> list[int]:
@@ -218,6 +233,7 @@ def rehearse(image: str, out: Path, job_yaml: Path) -> dict[str, float]:
         check_checkpoint_complete(bucket, sigterm_step)
         if bucket.list(f"{RUN_PREFIX}/eval/"):
             raise RehearsalFailed("run1 stored an evaluation although it was stopped mid-training")
+        check_pod_log_kept(bucket, "run1", ["SIGTERM received", "status: preempted"])
         log(f"run1 exited 75 with checkpoint {sigterm_step} committed and complete in gs://{BUCKET}/{RUN_PREFIX}")
 
         # --- run 2: the replacement pod, with fresh emptyDirs: it can only resume from the bucket ---
