@@ -204,3 +204,8 @@ def _read_json(path: Path) -> dict:
 def load_classifier(run_dir: str | None, model_file: str | None, checkpoint: str = "latest") -> Classifier:
     """What `--run-dir DIR [--checkpoint C]` or `--model FILE` names (job/cli.py add_model_arguments)."""
     return Classifier.from_run(run_dir, checkpoint) if run_dir else Classifier.from_file(model_file)
+
+
+def prediction_record(file: str, top: list[tuple[int, str, float]]) -> dict:
+    """One image's answer, the same in `predict --json` and `POST /v1/predict`."""
+    return {"file": file, "top": [{"class_id": i, "class": name, "probability": round(p, 6)} for i, name, p in top]}

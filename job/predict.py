@@ -18,6 +18,7 @@ import numpy as np
 
 from job.errors import UserError, first_line
 from job.images import DEFAULT_MAX_PIXELS, ImageError, decode, open_rgb
+from job.inference import prediction_record
 
 log = logging.getLogger("job")
 
@@ -150,8 +151,7 @@ class _Table:
 
 
 def _print_json(name: str, top: list[tuple[int, str, float]]) -> None:
-    print(json.dumps({"file": name, "top": [{"class_id": i, "class": c, "probability": round(p, 6)}
-                                            for i, c, p in top]}), flush=True)
+    print(json.dumps(prediction_record(name, top)), flush=True)
 
 
 def _write_explanations(classifier, good: list, out: Path, names: dict[str, str], max_pixels: int) -> None:

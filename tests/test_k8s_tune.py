@@ -532,3 +532,12 @@ def test_rehearsal_pods_are_the_worker_template_with_only_the_listed_changes(doc
         assert init["image"] == container["image"] == "localhost/cifar-job:test"
         assert [e["name"] for e in init["env"]] == [e["name"] for e in init_original["env"]]
         assert env_of(init)["JOB_TUNE_STORAGE"] == url
+
+
+def test_the_cluster_searches_the_readmes_example_space(command):
+    """The ConfigMap's space is spaces/cifar10_resnet20_lr_wd.yaml, the README's worked example (one search, two
+    places: they must not drift apart)."""
+    from job.tune.space import load_space
+
+    example = load_space(str(Path(__file__).resolve().parent.parent / "spaces" / "cifar10_resnet20_lr_wd.yaml"))
+    assert load_space(str(command.space_file)) == example

@@ -71,7 +71,7 @@ def assert_still_serving(server, digits) -> None:
     images, labels = digits
     reply = predict(server, [("again.png", png_bytes(images[1]))])
     assert reply.status == 200, reply.body
-    assert reply.json["predictions"][0]["classes"][0]["name"] == str(labels[1])
+    assert reply.json["predictions"][0]["top"][0]["class"] == str(labels[1])
 
 
 # ----------------------------------------------------------------------------------------------- the probes
@@ -97,18 +97,18 @@ def test_digits_are_classified_with_their_top_five(server, digits):
     answer = reply.json
     assert answer["model"] == "simple_cnn" and "gradcam_error" not in answer
     predictions = answer["predictions"]
-    assert [p["filename"] for p in predictions] == [f"digit-{d}.png" for d in range(10)]
+    assert [p["file"] for p in predictions] == [f"digit-{d}.png" for d in range(10)]
     right = 0
     for digit, p in enumerate(predictions):
         assert (p["width"], p["height"]) == (32, 32) and "gradcam" not in p
-        classes = p["classes"]
-        assert len(classes) == 5 and len({c["id"] for c in classes}) == 5
-        assert all(c["name"] == str(c["id"]) for c in classes)  # the digits' class names are "0".."9"
+        classes = p["top"]
+        assert len(classes) == 5 and len({c["class_id"] for c in classes}) == 5
+        assert all(c["class"] == str(c["class_id"]) for c in classes)  # the digits' class names are "0".."9"
         probabilities = [c["probability"] for c in classes]
         assert probabilities == sorted(probabilities, reverse=True)
         assert 0 < sum(probabilities) <= 1 + 1e-6 and probabilities[0] > 0.2
-        assert str(digit) in [c["name"] for c in classes]
-        right += classes[0]["id"] == digit
+        assert str(digit) in [c["class"] for c in classes]
+        right += classes[0]["class_id"] == digit
     assert right >= 9, predictions  # a ~94 % model on images it was trained or tested on
 
 
@@ -118,8 +118,8 @@ def test_thirty_images_in_one_request_answer_in_order(server, digits):
     reply = predict(server, files)
     assert reply.status == 200, reply.body
     predictions = reply.json["predictions"]
-    assert [p["filename"] for p in predictions] == [name for name, _ in files]
-    top1 = [p["classes"][0]["id"] for p in predictions]
+    assert [p["file"] for p in predictions] == [name for name, _ in files]
+    top1 = [p["top"][0]["class_id"] for p in predictions]
     assert np.mean(np.array(top1) == labels[100:130]) >= 0.8
 
 
@@ -132,15 +132,15 @@ def test_top_k_and_grad_cam_overlays(server, digits):
                     "?top=3&explain=true")
     assert reply.status == 200, reply.body
     for p, size in zip(reply.json["predictions"], (32, 256)):
-        assert len(p["classes"]) == 3 and (p["width"], p["height"]) == (size, size)
+        assert len(p["top"]) == 3 and (p["width"], p["height"]) == (size, size)
         prefix = "data:image/png;base64,"
         assert p["gradcam"].startswith(prefix)
         overlay = Image.open(io.BytesIO(base64.b64decode(p["gradcam"][len(prefix):])))
         assert overlay.format == "PNG" and overlay.size == (224, 224) and overlay.mode == "RGB"
         assert np.asarray(overlay).std() > 5  # a picture, not a flat square
     everything = predict(server, [("seven.png", png_bytes(images[labels == 7][0]))], "?top=50")
-    assert everything.status == 200 and len(everything.json["predictions"][0]["classes"]) == 10  # all classes
-    assert abs(sum(c["probability"] for c in everything.json["predictions"][0]["classes"]) - 1) < 1e-4
+    assert everything.status == 200 and len(everything.json["predictions"][0]["top"]) == 10  # all classes
+    assert abs(sum(c["probability"] for c in everything.json["predictions"][0]["top"]) - 1) < 1e-4
 
 
 def test_model_endpoint_describes_the_run(server, digits_run):

@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from job.errors import first_line
 from job.images import ImageError, open_rgb, to_model_input
+from job.inference import prediction_record
 from job.serve.uploads import Limits, RequestError, Upload, read_uploads
 
 log = logging.getLogger("job")
@@ -80,16 +81,17 @@ class ModelSlot:
 
 # ------------------------------------------------------------------------------------------- OpenAPI schemas
 class ClassScore(BaseModel):
-    id: int = Field(description="class index")
-    name: str = Field(description="class name")
+    class_id: int = Field(description="class index")
+    class_: str = Field(alias="class", description="class name")
     probability: float
 
 
 class FilePrediction(BaseModel):
-    filename: str
+    """One file's answer; the same record as `python -m job predict --json` (job.inference.prediction_record)."""
+    file: str = Field(description="the uploaded file's name")
     width: int = Field(description="the uploaded image's width in pixels")
     height: int
-    classes: list[ClassScore] = Field(description="the `top` likeliest classes, likeliest first")
+    top: list[ClassScore] = Field(description="the `top` likeliest classes, likeliest first")
     gradcam: str | None = Field(None, description=f"with ?explain=true: a PNG data URL, {OVERLAY_SIDE}x{OVERLAY_SIDE}, "
                                                   "the image's centre square with the Grad-CAM heat map of the "
                                                   "likeliest class on top")
@@ -222,9 +224,8 @@ def classify(model, uploads: list[Upload], max_pixels: int, top: int, explain: b
     images = [open_image(upload, max_pixels) for upload in uploads]
     inputs = np.stack([to_model_input(image, side) for image in images])
     probabilities = model.predict(inputs)
-    predictions = [{"filename": upload.filename, "width": image.width, "height": image.height,
-                    "classes": [{"id": i, "name": name, "probability": p} for i, name, p in model.top(row, top)]}
-                   for upload, image, row in zip(uploads, images, probabilities)]
+    predictions = [{**prediction_record(upload.filename, model.top(row, top)), "width": image.width,
+                    "height": image.height} for upload, image, row in zip(uploads, images, probabilities)]
     answer = {"model": model.info.model, "predictions": predictions}
     if explain:
         from job.gradcam import NoFeatureMapError

@@ -269,8 +269,8 @@ def rehearse(image: str, out: Path, serve_yaml: Path, job_yaml: Path) -> dict[st
         times["POST /v1/predict"] = time.monotonic() - asked
         try:
             (prediction,) = answer["predictions"]
-            top = prediction["classes"]
-            names = [c["name"] for c in top]
+            top = prediction["top"]
+            names = [c["class"] for c in top]
             probabilities = [float(c["probability"]) for c in top]
         except (KeyError, TypeError, ValueError) as e:
             raise RehearsalFailed(f"POST /v1/predict answered JSON of another shape ({e!r}): "
