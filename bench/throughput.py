@@ -105,7 +105,7 @@ def setup_fit(preset: str, overrides: list[str], steps: int) -> Sides:
     from job.optim import make_optimizer
 
     cfg = _config(preset, overrides, steps, _scratch("bench-fit-"))
-    configure(cfg)  # seed and precision policy, as the trainer
+    cfg = configure(cfg)  # seed and precision policy, as the trainer
     splits = datalib.load_splits(cfg.data, cfg.train.seed)
     steps_per_epoch = min(datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size), steps)
     model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])

@@ -21,6 +21,7 @@ from job.batching import BatchPlan, plan_batches
 from job.checkpoint import CheckpointStore, Committed
 from job.config import Config
 from job.data import Splits
+from job.devices import resolve as resolve_for_device
 from job.distribute import Backend, make_backend
 from job.errors import ConfigError
 from job.inference import CLASSES_FILE
@@ -34,14 +35,17 @@ log = logging.getLogger("job")
 CONFIG_FILE = "config.yaml"
 
 
-def configure(cfg: Config) -> None:
-    """Process-wide TensorFlow settings, before any model or dataset exists."""
+def configure(cfg: Config) -> Config:
+    """Process-wide TensorFlow settings, before any model or dataset exists. Returns `cfg` as it runs here: with
+    train.precision and train.jit_compile `auto` resolved for this device (job/devices.py)."""
+    cfg = resolve_for_device(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
+    return cfg
 
 
 @dataclass
@@ -103,7 +107,7 @@ class RunParts:
 def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True) -> RunParts:
     """Every part a training run needs; the model's weights are initial (see RunParts.restore_or_initialize).
     `writers=False` leaves TensorBoard out (benchmarks of the bare loop)."""
-    configure(cfg)
+    cfg = configure(cfg)
     backend = backend or make_backend(cfg)
     batches = plan_batches(cfg, backend.num_workers, backend.num_replicas)
     splits = datalib.load_splits(cfg.data, cfg.train.seed)  # bad data fails before the run dir is touched
@@ -139,7 +143,7 @@ def build_for_evaluation(run: RunDir) -> RunParts:
     """The model of an existing run, on one device, with a checkpoint of the model alone (restore it with
     `checkpoint.read(prefix).expect_partial()`)."""
     cfg = load_run_config(run)
-    configure(cfg)
+    cfg = configure(cfg)
     splits = datalib.load_splits(cfg.data, cfg.train.seed)
     model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
     steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size)

@@ -79,10 +79,11 @@ class TrainConfig:
     batch_size: int = 128  # global: split evenly over all replicas (and accumulation steps); fixed for the run
     accumulation_steps: int = 0  # micro-batches per step and replica; 0 = as max_device_batch needs (else 1)
     max_device_batch: int = 0  # most examples one device takes at once; 0 = no limit
+    steps_per_call: int = 1  # training steps per call of the compiled function (host work paid once per call)
     seed: int = 0
     deterministic: bool = False  # op determinism; slower, for exact reproducibility and resume tests
-    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
-    jit_compile: bool = False  # XLA
+    precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16 (auto: job/devices.py)
+    jit_compile: bool | str = "auto"  # XLA: auto | true | false (auto: on a GPU, off on a CPU)
     finetune_epochs: int = 0  # transfer models: epochs of phase 2 (backbone top unfrozen) after `epochs` of phase 1
     finetune_lr_factor: float = 0.1  # phase-2 LR relative to phase 1
     early_stopping_patience: int = 0  # epochs without a better validation top-1 before stopping; 0 turns it off
@@ -137,7 +138,7 @@ CHOICES = {
     "data.normalization": ("standardize", "gcn_zca", "none"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant"),
-    "train.precision": ("float32", "mixed_float16", "mixed_bfloat16"),
+    "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
 }
 
 
@@ -181,6 +182,7 @@ RANGES = {
     "train.max_steps_per_epoch": Range(0, None, "[)"),
     "train.accumulation_steps": Range(0, None, "[)"),
     "train.max_device_batch": Range(0, None, "[)"),
+    "train.steps_per_call": Range(0, None, "()"),
     "checkpoint.every_steps": Range(0, None, "()"),
     "checkpoint.keep": Range(0, None, "()"),
     "checkpoint.upload_timeout_seconds": Range(0, None, "()"),
@@ -368,6 +370,8 @@ def validate(cfg: Config) -> None:
         value = _get_dotted(cfg, key)
         for i, item in enumerate(value) if isinstance(value, tuple) else [(None, value)]:
             _check_range(key if i is None else f"{key}[{i}]", item, allowed_range)
+    if cfg.train.jit_compile not in (True, False, "auto"):
+        raise ConfigError(f"train.jit_compile={cfg.train.jit_compile!r} is not one of auto, true, false")
     steps = cfg.optim.step_epochs
     if any(a >= b for a, b in zip(steps, steps[1:])):
         raise ConfigError(f"optim.step_epochs must be increasing, got {list(steps)}")

@@ -18,7 +18,7 @@ from job.builder import RunParts
 from job.hooks.base import Hook
 from job.metrics import SUM_KEYS, interval_stats, rates, validation_metrics, zero_sums
 from job.models.assembly import is_transfer, set_phase
-from job.step import eval_step, make_train_step
+from job.step import eval_step, make_multi_step, make_train_step
 from job.stopping import FINISH, StopRequest
 
 log = logging.getLogger("job")
@@ -40,6 +40,8 @@ class Loop:
         self._phase = None
         self._plain_step_fn = None  # the compiled step of the current phase
         self._step_fn = None  # the same, as instrument_step wrapped it
+        self._plain_steps_fn = None  # several steps per call (train.steps_per_call), around the step
+        self._steps_fn = None
         self._instrument: Callable = lambda step_fn: step_fn
         self._first_step_done = False
 
@@ -68,6 +70,7 @@ class Loop:
         self._instrument = wrap
         if self._plain_step_fn is not None:
             self._step_fn = wrap(self._plain_step_fn)
+            self._steps_fn = wrap(self._plain_steps_fn)
 
     # --- the run -------------------------------------------------------------------------------------------------
     def run(self, restored: bool) -> str:
@@ -113,9 +116,16 @@ class Loop:
         epoch_sums, epoch_start = zero_sums(), time.perf_counter()
         interval_start, interval_steps = epoch_start, 0
         votes = None
-        for batch in dataset:
-            previous_votes, votes = votes, self._step_fn(batch, self.stop.votes)
-            self.step += 1
+        iterator, steps_left = iter(dataset), parts.steps_per_epoch - first
+        while steps_left > 0:
+            count = self._call_length(steps_left, interval_steps, log_every)
+            if count == 1 or not self._first_step_done:  # the first step alone: on_first_step gets its batch
+                count, batch = 1, next(iterator)
+                previous_votes, votes = votes, self._step_fn(batch, self.stop.votes)
+            else:
+                previous_votes, votes = votes, self._steps_fn(iterator, tf.constant(count), self.stop.votes)
+            self.step += count
+            steps_left -= count
             # The previous step's stop votes, read while this step runs: on a GPU, reading this step's would make
             # the host wait for it before queuing the next. Every worker reads the same sums at the same step, so
             # all still stop after the same step (one later than the request).
@@ -124,7 +134,7 @@ class Loop:
             if not self._first_step_done:
                 self._first_step_done = True
                 self._emit("on_first_step", batch)
-            interval_steps += 1
+            interval_steps += count
             if interval_steps % log_every == 0 or self.step % parts.steps_per_epoch == 0 or self.stop:
                 sums = self._read_sums()
                 for key in SUM_KEYS:
@@ -171,6 +181,16 @@ class Loop:
         self._phase = phase
         self._plain_step_fn = make_train_step(self.parts, self.sums)
         self._step_fn = self._instrument(self._plain_step_fn)
+        self._plain_steps_fn = make_multi_step(self._plain_step_fn)
+        self._steps_fn = self._instrument(self._plain_steps_fn)
+
+    def _call_length(self, steps_left: int, interval_steps: int, log_every: int) -> int:
+        """Steps in the next call: train.steps_per_call, but never past the epoch's end, the next metrics read or the
+        next periodic checkpoint, so everything that happens at a step happens at the step it would with one step
+        per call (step hooks run once per call, at its last step)."""
+        count = min(self.cfg.train.steps_per_call, steps_left, log_every - interval_steps % log_every)
+        every = self.cfg.checkpoint.every_steps
+        return max(1, min(count, every - self.step % every))
 
     def _read_sums(self) -> dict[str, float]:
         values = {k: float(v.numpy()) for k, v in self.sums.items()}

@@ -71,6 +71,21 @@ def make_train_step(parts: RunParts, sums: dict[str, tf.Variable]):
     return tf.function(step, jit_compile=cfg.train.jit_compile or None, reduce_retracing=True)
 
 
+def make_multi_step(one_step):
+    """`steps(iterator, count, stop_votes) -> summed stop votes`: `count` training steps in one call, each taking the
+    iterator's next batch (Keras' steps_per_execution, Orbit's steps_per_loop): the host's work between steps is paid
+    once per call. `one_step` stays its own function (and XLA cluster with jit_compile); the loop around it cannot be
+    compiled by XLA (it reads the iterator). `count` is a tensor: one trace for every length."""
+
+    def steps(iterator, count, stop_votes):
+        votes = tf.zeros([2])
+        for _ in tf.range(count):
+            votes += one_step(next(iterator), stop_votes)
+        return votes
+
+    return tf.function(steps)
+
+
 def _add(a, b):
     return b if a is None else a if b is None else a + b
 

@@ -313,6 +313,11 @@ TRAIN_ARGS = ["train", "--config", "digits_resnet20", "model.name=mlp", "model.d
               f"distribute.collective_timeout_seconds={RELAXED_TIMEOUT}"]
 
 
+# The two-process runs take 4 steps per call (5 after the first, alone), the one-process reference one: both the
+# backends and train.steps_per_call must leave the training unchanged.
+SEVERAL_STEPS_PER_CALL = ["train.steps_per_call=4", "run.log_every_steps=6"]
+
+
 def _job(run_dir: Path, backend: str) -> list[str]:
     return [sys.executable, "-m", "job", *TRAIN_ARGS, f"run.dir={run_dir}", f"distribute.backend={backend}"]
 
@@ -351,9 +356,10 @@ def test_trainer_on_two_multiworker_processes_matches_one_process(tmp_path, sing
     ports = free_loopback_ports(2)
     run_dir = tmp_path / "run"  # shared: the chief writes it, the other worker only takes part in the collectives
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
-    procs = [_start(_job(run_dir, "multiworker"), _multiworker_env(i, ports), logs[i]) for i in range(2)]
+    command = [*_job(run_dir, "multiworker"), *SEVERAL_STEPS_PER_CALL]
+    procs = [_start(command, _multiworker_env(i, ports), logs[i]) for i in range(2)]
     _wait_all_ok(procs, logs)
-    assert "on 2 replica(s) (multiworker backend)" in logs[0].read_text()
+    assert "replica(s) on 2 worker(s)" in logs[0].read_text() and "(multiworker backend)" in logs[0].read_text()
     _assert_same_training(run_dir, single_process_trainer_run)
 
 
@@ -364,7 +370,8 @@ def test_trainer_under_horovodrun_matches_one_process(tmp_path, single_process_t
     run_dir = tmp_path / "run"
     log = tmp_path / "horovodrun.log"
     env = _env(PATH=f"{horovodrun.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = _start([str(horovodrun), "--gloo", "-np", "2", "-H", "localhost:2", *_job(run_dir, "horovod")], env, log)
+    proc = _start([str(horovodrun), "--gloo", "-np", "2", "-H", "localhost:2", *_job(run_dir, "horovod"),
+                   *SEVERAL_STEPS_PER_CALL], env, log)
     _wait_all_ok([proc], [log])
-    assert "on 2 replica(s) (horovod backend)" in log.read_text()
+    assert "replica(s) on 2 worker(s)" in log.read_text() and "(horovod backend)" in log.read_text()
     _assert_same_training(run_dir, single_process_trainer_run)

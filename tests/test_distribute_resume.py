@@ -298,7 +298,7 @@ def _launch_local(backend: str, run_dir: Path, log: Path) -> str:
         proc = subprocess.run(command, env=_env(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=900)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
-    assert "on 2 replica(s)" in text, text[-3000:]
+    assert "2 replica(s) on 2 worker(s)" in text, text[-3000:]
     return text
 
 
@@ -364,12 +364,15 @@ def test_horovod_killed_and_restarted_resumes_on_both_ranks(tmp_path):
     _assert_resumed_like_uninterrupted(first, second, run_dir, reference, killed_at)
 
 
-def test_multiworker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_path):
+@pytest.mark.parametrize("calls", [[], ["train.steps_per_call=4", "checkpoint.every_steps=1000",
+                                        "run.log_every_steps=12"]], ids=["one-step-per-call", "four-steps-per-call"])
+def test_multiworker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_path, calls):
     # One evicted pod: only worker 1 gets SIGTERM. Both must leave the loop after the same step (the request travels
-    # with the step's all-reduce), so the chief commits that step's checkpoint and both exit 75 for a restart.
+    # with the step's all-reduce), so the chief commits that step's checkpoint and both exit 75 for a restart. With
+    # several steps per call the request travels with the next call's steps.
     run_dir = tmp_path / "run"
     # So many epochs that the run cannot end before the signal, whatever the machine's speed.
-    workers = Workers(tmp_path, "sigterm").start([*_job(run_dir, "multiworker"), "train.epochs=1000"],
+    workers = Workers(tmp_path, "sigterm").start([*_job(run_dir, "multiworker"), "train.epochs=1000", *calls],
                                                  _multiworker_envs())
     try:
         _wait_for_commit(run_dir, workers)

@@ -65,7 +65,7 @@ def test_two_replicas_of_batch_b_equal_one_replica_of_batch_2b(tmp_path):
                   f"run.dir={tmp_path / 'two'}")
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "on 2 replica(s) (mirrored backend)" in two.stderr
+    assert "2 replica(s) on 1 worker(s) x 1 accumulation step(s) x 16 per device (mirrored backend)" in two.stderr
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     assert a.keys() == b.keys() and len(a) >= 8
     for name in a:
@@ -108,3 +108,24 @@ def test_two_accumulation_steps_of_batch_b_equal_one_step_of_batch_2b(tmp_path):
 def test_accumulation_settings_that_do_not_split_the_batch(tmp_path, options, message):
     result = run_job("train", *BASE, *options, f"run.dir={tmp_path}", "train.epochs=1", "train.max_steps_per_epoch=1")
     assert message in result.stderr, result.stderr[-2000:]
+
+
+def test_several_steps_per_call_train_exactly_as_one(tmp_path):
+    """train.steps_per_call=4: the same weights, the same checkpoints at the same steps, the same metrics at the same
+    logged steps as one step per call (calls stop at every log, checkpoint and epoch boundary)."""
+    from bench.events import read_scalars
+
+    same = [*BASE, "train.epochs=2", "train.max_steps_per_epoch=10", "train.deterministic=true",
+            "checkpoint.every_steps=6", "checkpoint.keep=10", "run.log_every_steps=4", "distribute.backend=single"]
+    runs = {k: tmp_path / f"spc{k}" for k in (1, 4)}
+    for k, run in runs.items():
+        result = run_job("train", *same, f"train.steps_per_call={k}", f"run.dir={run}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b = final_weights(runs[1]), final_weights(runs[4])
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-6, atol=0, err_msg=name)
+    commits = {k: sorted(p.name for p in (run / "checkpoints").glob("*.commit.json")) for k, run in runs.items()}
+    assert commits[1] == commits[4] == [f"ckpt-{s}.commit.json" for s in (10, 12, 18, 20, 6)]
+    logged = {k: read_scalars(run / "logs" / "train")["loss"] for k, run in runs.items()}
+    assert [s for s, _ in logged[4]] == [s for s, _ in logged[1]] == [4, 8, 10, 14, 18, 20]
+    np.testing.assert_allclose([v for _, v in logged[4]], [v for _, v in logged[1]], rtol=1e-6)

@@ -66,7 +66,8 @@ class HistoryHook(Hook):
                      "unchanged (%s)", ", ".join(f"{k}={new}" for k, (_, new) in changed.items()),
                      ", ".join(f"{k}={old}" for k, (old, _) in changed.items()), loop.parts.batches.describe())
         self.record["starts"].append({"started_at": now, "step": step, "epoch": step / self.steps_per_epoch,
-                                      "host": socket.gethostname(), "pid": os.getpid(), "last_at": now, **batches})
+                                      "host": socket.gethostname(), "pid": os.getpid(), "last_at": now, **batches,
+                                      "precision": loop.cfg.train.precision, "xla": loop.cfg.train.jit_compile})
         self._write()
 
     def on_epoch_end(self, loop, epoch, train, validation):

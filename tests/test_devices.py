@@ -1,0 +1,47 @@
+"""train.precision=auto and train.jit_compile=auto (job/devices.py): the fast choice for the GPU at hand, float32
+without XLA on a CPU; the choice is logged and stored with the run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from job.devices import choose
+
+
+@pytest.mark.parametrize("capabilities, expected", [
+    ([], ("float32", False)),  # a CPU: XLA measured at 2x the CPU time per image here, no fast 16-bit math
+    ([(6, 1)], ("float32", True)),  # Pascal: no tensor cores
+    ([(7, 0)], ("mixed_float16", True)),  # Volta: float16 tensor cores, no bfloat16
+    ([(7, 5)], ("mixed_float16", True)),  # Turing (T4)
+    ([(8, 0)], ("mixed_bfloat16", True)),  # Ampere (A100)
+    ([(8, 9)], ("mixed_bfloat16", True)),  # Ada (L4)
+    ([(9, 0), (7, 5)], ("mixed_float16", True)),  # mixed GPUs: the slowest decides
+])
+def test_auto_picks_the_fast_settings_for_the_device(capabilities, expected):
+    assert choose("auto", "auto", capabilities) == expected
+
+
+def test_an_explicit_setting_is_kept():
+    assert choose("float32", False, [(8, 0)]) == ("float32", False)
+    assert choose("mixed_float16", True, []) == ("mixed_float16", True)
+
+
+def test_a_run_stores_and_records_the_effective_choice(digits_run):
+    """The digits run trained with the defaults (auto) on this CPU: float32, no XLA, in its config and its history."""
+    stored = yaml.safe_load((digits_run / "config.yaml").read_text())["train"]
+    assert (stored["precision"], stored["jit_compile"]) == ("float32", False)
+    start = json.loads((digits_run / "history.json").read_text())["starts"][0]
+    assert (start["precision"], start["xla"]) == ("float32", False)
+    log = next((digits_run / "logs" / "trainer").iterdir()).read_text()
+    assert "precision float32, XLA off (chosen for no GPU; set train.precision and train.jit_compile to override)" in log
+
+
+def test_a_bad_jit_compile_value_is_one_line():
+    from job.config import load_config
+    from job.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.jit_compile='sometimes' is not one of auto, true, false"):
+        load_config("digits_resnet20", ["train.jit_compile=sometimes"])
+    assert load_config("digits_resnet20", ["train.jit_compile=true"]).train.jit_compile is True
