@@ -262,11 +262,16 @@ def rehearse(image: str, out: Path, job_yaml: Path) -> dict[str, float]:
         log("pod, volumes and fake-gcs-server removed")
 
 
+def rehearsal_arguments(doc: str, out_holds: str) -> argparse.ArgumentParser:
+    """The options of every rehearsal: the image it runs, and where it leaves what it made."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--image", required=True, help="the locally built image (docker/build-image.sh)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/cifar-job-rehearsal"), help=f"where {out_holds} go")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", required=True, help="the locally built trainer image (docker/build-image.sh)")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/cifar-job-rehearsal"),
-                        help="where the derived pod.yaml, the trainer logs and metrics.json go")
+    parser = rehearsal_arguments(__doc__, "the derived pod.yaml, the trainer logs and metrics.json")
     parser.add_argument("--job-yaml", type=Path, default=ROOT / "k8s" / "job.yaml")
     args = parser.parse_args(argv)
     return report(lambda: rehearse(args.image, args.out.resolve(), args.job_yaml.resolve()))

@@ -16,7 +16,6 @@ Usage: python tests/rehearsal/rehearse_mpi.py --image localhost/cifar-job:TAG [-
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
@@ -35,6 +34,7 @@ from tests.rehearsal.rehearse import (
     committed_steps,
     log,
     podman,
+    rehearsal_arguments,
     report,
 )
 
@@ -182,9 +182,7 @@ def rehearse(image: str, out: Path, mpijob_yaml: Path, job_yaml: Path) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", required=True, help="a locally built trainer image with Horovod")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/cifar-job-rehearsal"))
+    parser = rehearsal_arguments(__doc__, "the derived launcher pod, the ranks' logs and mpi-metrics.json")
     parser.add_argument("--mpijob-yaml", type=Path, default=ROOT / "k8s" / "horovod-mpijob.yaml")
     parser.add_argument("--job-yaml", type=Path, default=ROOT / "k8s" / "job.yaml")
     args = parser.parse_args(argv)

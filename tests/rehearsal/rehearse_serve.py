@@ -20,7 +20,6 @@ to --out.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import sys
@@ -49,6 +48,7 @@ from tests.rehearsal.rehearse import (
     committed_steps,
     log,
     podman,
+    rehearsal_arguments,
     report,
 )
 from tests.sample_images import digit_png
@@ -302,10 +302,7 @@ def rehearse(image: str, out: Path, serve_yaml: Path, job_yaml: Path) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", required=True, help="the locally built image (docker/build-image.sh)")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/cifar-job-rehearsal"),
-                        help="where the derived serve-pod.yaml, the logs and the answers go")
+    parser = rehearsal_arguments(__doc__, "the derived serve-pod.yaml, the logs and the answers")
     parser.add_argument("--serve-yaml", type=Path, default=ROOT / "k8s" / "serve.yaml")
     parser.add_argument("--job-yaml", type=Path, default=ROOT / "k8s" / "job.yaml",
                         help="the training Job whose pod trains the run that is served")

@@ -18,7 +18,6 @@ as the postgres user on 127.0.0.1. Logs (worker-<i>.log), the derived tune-pods.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -34,7 +33,7 @@ import yaml
 from tests.gcs_server import GcsServer, _free_port
 from tests.postgres_server import PostgresNotInstalled, PostgresServer
 from tests.rehearsal.job_pod import POD_CHANGES, dump, find, load_docs, memory_volumes, rehearsal_pod, trainer_container
-from tests.rehearsal.rehearse import Bucket, PodRun, RehearsalFailed, log, podman, report
+from tests.rehearsal.rehearse import Bucket, PodRun, RehearsalFailed, log, podman, rehearsal_arguments, report
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -318,10 +317,7 @@ def rehearse(image: str, out: Path, tune_yaml: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", required=True, help="the locally built image (docker/build-image.sh)")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/cifar-job-rehearsal"),
-                        help="where the derived tune-pods.yaml, the worker logs and the leaderboard go")
+    parser = rehearsal_arguments(__doc__, "the derived tune-pods.yaml, the worker logs and the leaderboard")
     parser.add_argument("--tune-yaml", type=Path, default=ROOT / "k8s" / "tune.yaml")
     args = parser.parse_args(argv)
     return report(lambda: rehearse(args.image, args.out.resolve(), args.tune_yaml.resolve()))
