@@ -13,6 +13,17 @@ class LoopCase:
 
 
 @dataclass(frozen=True)
+class StepsPerCallCase:
+    """Several training steps per call of the compiled function: the loop at train.steps_per_call=1 and =N, and Keras
+    fit at steps_per_execution=N, in one interleaved set of trials."""
+    label: str
+    preset: str
+    overrides: tuple[str, ...]
+    steps: int  # steps per trial: a multiple of steps_per_call, at least 3 calls (the steady rate skips the first)
+    steps_per_call: int
+
+
+@dataclass(frozen=True)
 class CheckpointCase:
     label: str
     preset: str
@@ -25,6 +36,7 @@ class Settings:
     warmup: int  # untimed trials per side before the timed ones
     repeats: int  # timed trials per side, interleaved A B, B A, ...
     loop_cases: tuple[LoopCase, ...]
+    steps_per_call_case: StepsPerCallCase | None  # part of (1), after the loop cases
     pipeline_preset: str
     pipeline_overrides: tuple[str, ...]
     checkpoint_cases: tuple[CheckpointCase, ...]
@@ -69,6 +81,9 @@ FULL = Settings(
         LoopCase("resnet20", "cifar10_resnet20", ("data.synthetic_examples=10240",), steps=20),
         LoopCase("simple_cnn", "cifar10_simple_cnn", ("data.synthetic_examples=10240",), steps=48),
     ),
+    # 6 calls of 8 steps per trial: the steady figures come from the middle 4 (on a GPU 5x as many steps)
+    steps_per_call_case=StepsPerCallCase("resnet20", "cifar10_resnet20", ("data.synthetic_examples=10240",),
+                                         steps=48, steps_per_call=8),
     pipeline_preset="cifar100_resnet18",  # crop (4 px padding) + flip, batch 128: the CIFAR presets' augmentation
     pipeline_overrides=("data.synthetic_examples=50000",),
     checkpoint_cases=(
@@ -97,6 +112,9 @@ TINY = Settings(
     repeats=2,
     loop_cases=(LoopCase("simple_cnn", "cifar10_simple_cnn",
                          ("data.synthetic_examples=128", "train.batch_size=16"), steps=3),),
+    steps_per_call_case=StepsPerCallCase("simple_cnn", "cifar10_simple_cnn",
+                                         ("data.synthetic_examples=512", "train.batch_size=16"),
+                                         steps=32, steps_per_call=8),
     pipeline_preset="cifar100_resnet18",
     pipeline_overrides=("data.synthetic_examples=512", "train.batch_size=64"),
     checkpoint_cases=(CheckpointCase("simple_cnn", "cifar10_simple_cnn", resume=True),),

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.flops import gpu_peak_tflops
 from bench.report import Figure, judge, single
 from bench.resume import train_run
-from bench.settings import CheckpointCase, Settings
+from bench.settings import CheckpointCase, Settings, StepsPerCallCase
 from bench.stats import Summary, paired_ratios, ratio_of_unpaired, summarize
 from bench.worker import Worker
 
@@ -104,25 +104,37 @@ class Suite:
         finally:
             for worker in workers:
                 worker.close()
+        if s.steps_per_call_case:
+            self.steps_per_call(s.steps_per_call_case)
         if not self.gpus:
             self.notes.append("(5) fraction of GPU peak: skipped, no GPU on this machine.")
 
-    def training_figures(self, label: str, info: dict, results: dict[str, list[dict]], rss: dict) -> None:
-        loop = [r["images_per_second"] for r in results["loop"]]
-        fit = [r["images_per_second"] for r in results["fit"]]
-        self.loop_rates[label] = summarize(loop)
+    def loop_vs_fit_figures(self, rate_name: str, cpu_name: str, loop_results: list[dict], fit_results: list[dict],
+                            rss: dict, details: dict) -> Summary:
+        """The img/s and CPU-s per 1,000 img rows of the loop against Keras fit; returns the loop's img/s."""
+        loop = [r["images_per_second"] for r in loop_results]
+        fit = [r["images_per_second"] for r in fit_results]
         ratio = summarize(paired_ratios(loop, fit))
-        setting = f"batch {info['batch_size']}, {info['precision']}{', XLA' if info['jit_compile'] else ''}"
         self.figures.append(Figure(
-            "training", f"train img/s, {label} ({setting}): job loop vs Keras fit", self.loop_rates[label], "img/s",
-            "Keras fit", summarize(fit), "img/s", ratio, goal="≥ 1.0", met=judge(ratio, at_least=1.0),
-            peak_rss_mb=rss, details={"loop": results["loop"], "fit": results["fit"], "model": info}))
-        loop_cpu = [1000 * r["cpu_seconds_per_image"] for r in results["loop"]]
-        fit_cpu = [1000 * r["cpu_seconds_per_image"] for r in results["fit"]]
+            "training", rate_name, summarize(loop), "img/s", "Keras fit", summarize(fit), "img/s", ratio,
+            goal="≥ 1.0", met=judge(ratio, at_least=1.0), peak_rss_mb=rss, details=details))
+        loop_cpu = [1000 * r["cpu_seconds_per_image"] for r in loop_results]
+        fit_cpu = [1000 * r["cpu_seconds_per_image"] for r in fit_results]
         cpu_ratio = summarize(paired_ratios(loop_cpu, fit_cpu))
         self.figures.append(Figure(
-            "training", f"train CPU-s per 1,000 img, {label}: job loop vs Keras fit", summarize(loop_cpu), "s",
-            "Keras fit", summarize(fit_cpu), "s", cpu_ratio, goal="≤ 1.0", met=judge(cpu_ratio, at_most=1.0)))
+            "training", cpu_name, summarize(loop_cpu), "s", "Keras fit", summarize(fit_cpu), "s", cpu_ratio,
+            goal="≤ 1.0", met=judge(cpu_ratio, at_most=1.0)))
+        return summarize(loop)
+
+    @staticmethod
+    def setting(info: dict) -> str:
+        return f"batch {info['batch_size']}, {info['precision']}{', XLA' if info['jit_compile'] else ''}"
+
+    def training_figures(self, label: str, info: dict, results: dict[str, list[dict]], rss: dict) -> None:
+        self.loop_rates[label] = self.loop_vs_fit_figures(
+            f"train img/s, {label} ({self.setting(info)}): job loop vs Keras fit",
+            f"train CPU-s per 1,000 img, {label}: job loop vs Keras fit", results["loop"], results["fit"], rss,
+            {"loop": results["loop"], "fit": results["fit"], "model": info})
         host = [1000 * r["host_seconds_per_step"] for r in results["loop"] if "host_seconds_per_step" in r]
         if host:  # CPU only: on a GPU a step call returns before the step is done
             steps = [1000 * r["step_seconds"] for r in results["loop"]]
@@ -133,6 +145,46 @@ class Suite:
                 goal="(a GPU idles this share if the host waits for each step)"))
         if self.gpus:
             self.gpu_figure(label, info)
+
+    def steps_per_call(self, case: StepsPerCallCase) -> None:
+        """The loop at train.steps_per_call=1 and =N and Keras fit at steps_per_execution=N, interleaved: the host's
+        time between steps per step (paid once per call: expect about 1/N of it) and the loop against fit when both
+        run N steps per call."""
+        s, n = self.settings, case.steps_per_call
+        overrides, steps = self.loop_overrides(case.overrides, case.steps)
+        base = [*overrides, *s.loop_vs_fit_overrides, *self.training_overrides]
+        one, many, fit = "loop 1 step per call", f"loop {n} steps per call", f"fit {n} steps per execution"
+        specs = [(f"{side} {case.label}", kind, {"preset": case.preset, "steps": steps, "side": side,
+                                                "overrides": [*base, f"train.steps_per_call={calls}"]})
+                 for side, kind, calls in ((one, "loop", 1), (many, "loop", n), (fit, "fit", n))]
+        workers = self.start(specs)
+        try:
+            sides = [(worker, params["side"]) for worker, (_, _, params) in zip(workers, specs)]
+            self.warm_up(sides)
+            results = self.measure(sides, s.repeats)
+            rss = {side: worker.close() for worker, side in sides}
+        finally:
+            for worker in workers:
+                worker.close()
+        info = workers[1].info
+        self.loop_vs_fit_figures(
+            f"train img/s at {n} steps per call, {case.label} ({self.setting(info)}): job loop vs Keras fit "
+            f"(steps_per_execution={n})",
+            f"train CPU-s per 1,000 img at {n} steps per call, {case.label}: job loop vs Keras fit",
+            results[many], results[fit], {"loop": rss[many], "fit": rss[fit]},
+            {"loop": results[many], "fit": results[fit], "model": info, "fit_model": workers[2].info})
+        host = {side: [1000 * r["host_seconds_per_step"] for r in results[side] if "host_seconds_per_step" in r]
+                for side in (one, many)}
+        if host[one] and host[many]:  # CPU only: on a GPU a call returns before its steps are done
+            per_call = {side: summarize([1000 * r["host_seconds_per_call"] for r in results[side]])
+                        for side in (one, many)}
+            self.figures.append(Figure(
+                "training", f"loop host ms per step between calls, {case.label}: {n} steps per call vs 1",
+                summarize(host[many]), "ms", "1 step per call", summarize(host[one]), "ms",
+                summarize(paired_ratios(host[many], host[one])),
+                goal=f"(≈ 1/{n} = {1 / n:.3g}×: paid once per call)", peak_rss_mb={"loop 1 step per call": rss[one]},
+                details={"loop_1": results[one], f"loop_{n}": results[many],
+                         "host_ms_per_call": {side: summary.as_dict() for side, summary in per_call.items()}}))
 
     def gpu_figure(self, label: str, info: dict) -> None:
         name = self.gpus[0]["name"]

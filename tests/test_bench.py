@@ -4,6 +4,7 @@ benchmarks are not tests."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {  # section -> phrases that each name exactly one of its figures
-    "training": ["train img/s, simple_cnn", "train CPU-s per 1,000 img, simple_cnn", "host ms between steps"],
+    "training": ["train img/s, simple_cnn", "train CPU-s per 1,000 img, simple_cnn", "host ms between steps",
+                 # train.steps_per_call=8 (settings.TINY.steps_per_call_case) on the loop, steps_per_execution=8 on fit
+                 "train img/s at 8 steps per call, simple_cnn", "CPU-s per 1,000 img at 8 steps per call",
+                 "loop host ms per step between calls, simple_cnn: 8 steps per call vs 1"],
     "pipeline": ["img/s, 1 thread vs all", "per CPU-second", "vs what the simple_cnn loop consumes"],
     "checkpoint": ["local save vs TF write", "blocking s, simple_cnn (15 MB): gs:// vs local save",
                    "CPU-s while blocking", "commit in the background", "best of 2: gs:// vs local save",
@@ -52,6 +56,20 @@ def test_tiny_bench_prints_one_table_and_writes_json(tmp_path):
     training = next(f for f in figures if f["section"] == "training")
     assert training["value"]["n"] == result["settings"]["repeats"] == len(training["details"]["loop"])
     assert set(training["peak_rss_mb"]) == {"loop", "fit"} and min(training["peak_rss_mb"].values()) > 0
+    # several steps per call: every call but the last ran 8 steps on both sides, the ratios are finite and positive
+    per_call = [f for f in figures if "8 steps per call" in f["name"]]
+    assert len(per_call) == 3, [f["name"] for f in figures]
+    for f in per_call:
+        assert all(math.isfinite(f[key][end]) and f[key][end] > 0
+                   for key in ("value", "baseline", "ratio") for end in ("low", "median", "high")), f
+    rates = next(f for f in per_call if f["name"].startswith("train img/s"))
+    assert rates["details"]["model"]["steps_per_call"] == 8 and set(rates["peak_rss_mb"]) == {"loop", "fit"}
+    for side in ("loop", "fit"):
+        trials = rates["details"][side]
+        assert len(trials) == result["settings"]["repeats"], side
+        assert all(t["steps"] == 32 and t["calls"] == 4 for t in trials), (side, trials)
+    host = next(f for f in per_call if "host ms per step between calls" in f["name"])
+    assert all(t["calls"] == 32 for t in host["details"]["loop_1"]), host["details"]["loop_1"]
     resume = next(f for f in figures if "resumed vs fresh start" in f["name"])
     assert resume["details"]["resumed"]["first_step"] > resume["details"]["fresh"]["first_step"]
 

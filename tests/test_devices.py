@@ -35,7 +35,8 @@ def test_a_run_stores_and_records_the_effective_choice(digits_run):
     start = json.loads((digits_run / "history.json").read_text())["starts"][0]
     assert (start["precision"], start["xla"]) == ("float32", False)
     log = next((digits_run / "logs" / "trainer").iterdir()).read_text()
-    assert "precision float32, XLA off (chosen for no GPU; set train.precision and train.jit_compile to override)" in log
+    assert ("precision float32, XLA off (chosen for no GPU; set train.precision and train.jit_compile to override)"
+            in log)
 
 
 def test_a_bad_jit_compile_value_is_one_line():
