@@ -79,7 +79,7 @@ class TrainConfig:
     batch_size: int = 128  # global: split evenly over all replicas (and accumulation steps); fixed for the run
     accumulation_steps: int = 0  # micro-batches per step and replica; 0 = as max_device_batch needs (else 1)
     max_device_batch: int = 0  # most examples one device takes at once; 0 = no limit
-    steps_per_call: int = 1  # training steps per call of the compiled function (host work paid once per call)
+    steps_per_call: int = 0  # training steps per compiled call (host work paid once a call); 0 = auto: 8 on a GPU, 1
     seed: int = 0
     deterministic: bool = False  # op determinism; slower, for exact reproducibility and resume tests
     precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16 (auto: job/devices.py)
@@ -182,7 +182,7 @@ RANGES = {
     "train.max_steps_per_epoch": Range(0, None, "[)"),
     "train.accumulation_steps": Range(0, None, "[)"),
     "train.max_device_batch": Range(0, None, "[)"),
-    "train.steps_per_call": Range(0, None, "()"),
+    "train.steps_per_call": Range(0, None, "[)"),
     "checkpoint.every_steps": Range(0, None, "()"),
     "checkpoint.keep": Range(0, None, "()"),
     "checkpoint.upload_timeout_seconds": Range(0, None, "()"),

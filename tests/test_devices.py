@@ -11,32 +11,32 @@ from job.devices import choose
 
 
 @pytest.mark.parametrize("capabilities, expected", [
-    ([], ("float32", False)),  # a CPU: XLA measured at 2x the CPU time per image here, no fast 16-bit math
-    ([(6, 1)], ("float32", True)),  # Pascal: no tensor cores
-    ([(7, 0)], ("mixed_float16", True)),  # Volta: float16 tensor cores, no bfloat16
-    ([(7, 5)], ("mixed_float16", True)),  # Turing (T4)
-    ([(8, 0)], ("mixed_bfloat16", True)),  # Ampere (A100)
-    ([(8, 9)], ("mixed_bfloat16", True)),  # Ada (L4)
-    ([(9, 0), (7, 5)], ("mixed_float16", True)),  # mixed GPUs: the slowest decides
+    ([], ("float32", False, 1)),  # a CPU: XLA measured at 2x the CPU time per image here, no fast 16-bit math
+    ([(6, 1)], ("float32", True, 8)),  # Pascal: no tensor cores
+    ([(7, 0)], ("mixed_float16", True, 8)),  # Volta: float16 tensor cores, no bfloat16
+    ([(7, 5)], ("mixed_float16", True, 8)),  # Turing (T4)
+    ([(8, 0)], ("mixed_bfloat16", True, 8)),  # Ampere (A100)
+    ([(8, 9)], ("mixed_bfloat16", True, 8)),  # Ada (L4)
+    ([(9, 0), (7, 5)], ("mixed_float16", True, 8)),  # mixed GPUs: the slowest decides
 ])
 def test_auto_picks_the_fast_settings_for_the_device(capabilities, expected):
-    assert choose("auto", "auto", capabilities) == expected
+    assert choose("auto", "auto", capabilities, 0) == expected
 
 
 def test_an_explicit_setting_is_kept():
-    assert choose("float32", False, [(8, 0)]) == ("float32", False)
-    assert choose("mixed_float16", True, []) == ("mixed_float16", True)
+    assert choose("float32", False, [(8, 0)], 2) == ("float32", False, 2)
+    assert choose("mixed_float16", True, [], 4) == ("mixed_float16", True, 4)
 
 
 def test_a_run_stores_and_records_the_effective_choice(digits_run):
     """The digits run trained with the defaults (auto) on this CPU: float32, no XLA, in its config and its history."""
     stored = yaml.safe_load((digits_run / "config.yaml").read_text())["train"]
-    assert (stored["precision"], stored["jit_compile"]) == ("float32", False)
+    assert (stored["precision"], stored["jit_compile"], stored["steps_per_call"]) == ("float32", False, 1)
     start = json.loads((digits_run / "history.json").read_text())["starts"][0]
     assert (start["precision"], start["xla"]) == ("float32", False)
     log = next((digits_run / "logs" / "trainer").iterdir()).read_text()
-    assert ("precision float32, XLA off (chosen for no GPU; set train.precision and train.jit_compile to override)"
-            in log)
+    assert ("precision float32, XLA off, 1 step(s) per call (chosen for no GPU; set train.precision, "
+            "train.jit_compile and train.steps_per_call to override)") in log
 
 
 def test_a_bad_jit_compile_value_is_one_line():
