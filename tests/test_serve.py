@@ -270,8 +270,15 @@ def write_run_without_checkpoint(digits_run: Path, folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("case", ["missing run dir", "not a run", "no checkpoint", "missing model", "not a model",
-                                  "zero files", "short token", "port in use"])
+def run_without_validation(digits_run: Path, folder: Path) -> Path:
+    shutil.copytree(digits_run, folder)
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("validation_split: 0.1", "validation_split: 0.0"))
+    return folder
+
+
+@pytest.mark.parametrize("case", ["missing run dir", "not a run", "no checkpoint", "no best", "missing model",
+                                  "not a model", "zero files", "short token", "port in use"])
 def test_bad_arguments_end_in_one_line_before_listening(case, digits_run, tmp_path):
     taken = socket.create_server(("127.0.0.1", 0))  # a port someone listens on
     port = taken.getsockname()[1] if case == "port in use" else free_loopback_ports(1)[0]
@@ -281,6 +288,8 @@ def test_bad_arguments_end_in_one_line_before_listening(case, digits_run, tmp_pa
         "not a run": (["--run-dir", str(tmp_path)], "is not a run directory"),
         "no checkpoint": (["--run-dir", str(write_run_without_checkpoint(digits_run, tmp_path / "fresh"))],
                           "no committed checkpoint"),
+        "no best": (["--run-dir", str(run_without_validation(digits_run, tmp_path / "noval")), "--checkpoint", "best"],
+                    "has no best checkpoint: it has no validation split"),
         "missing model": (["--model", str(tmp_path / "model.keras")], "does not exist"),
         "not a model": (["--model", str(digits_run / "config.yaml")], "not a .keras or .h5 file"),
         "zero files": (["--run-dir", str(digits_run), "--max-files", "0"], "--max-files must be positive"),

@@ -38,7 +38,7 @@ _COMMIT_RE = re.compile(r"checkpoints/ckpt-\d+\.commit\.json")
 def main(args) -> int:
     limits = resolve_limits(args)
     token = resolve_token()
-    check_source(args.run_dir, args.model)
+    check_source(args.run_dir, args.model, args.checkpoint)
     check_port(args.host, args.port)
     if not _is_loopback(args.host) and token is None:
         log.warning("serving on %s without %s: anyone who can reach port %d can use the model", args.host,
@@ -143,7 +143,7 @@ def resolve_token() -> str | None:
     return token
 
 
-def check_source(run_dir: str | None, model_file: str | None) -> None:
+def check_source(run_dir: str | None, model_file: str | None, checkpoint: str = "latest") -> None:
     """The cheap checks of --run-dir / --model, before the port is opened (no TensorFlow)."""
     if model_file:
         path = Path(model_file)
@@ -167,10 +167,20 @@ def check_source(run_dir: str | None, model_file: str | None) -> None:
         if not any(_COMMIT_RE.fullmatch(name) for name in storage.list("checkpoints/ckpt-")):
             raise UserError(f"--run-dir {run_dir} has no committed checkpoint yet; train first (or wait for the "
                             f"first checkpoint)")
+        if checkpoint == "best" and not _has_validation(storage):
+            raise UserError(f"--run-dir {run_dir} has no best checkpoint: it has no validation split "
+                            f"(data.validation_split=0); use --checkpoint latest")
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - gs:// errors come in many types; one line says which
         raise UserError(f"cannot read --run-dir {run_dir} ({type(e).__name__}: {first_line(e)})") from None
+
+
+def _has_validation(storage) -> bool:
+    from job.config import parse_yaml
+
+    tree = parse_yaml(storage.read_bytes("config.yaml").decode(), f"{storage.url}/config.yaml")
+    return bool((tree.get("data") or {}).get("validation_split"))
 
 
 def check_port(host: str, port: int) -> None:
