@@ -12,8 +12,10 @@ object is created with create-if-absent (GCS generation precondition 0, or a har
 writing the same step cannot both commit it. Readers take the newest commit whose files verify. Checkpoints of format 1
 (plain ckpt-<step> prefixes) are still read.
 
-A save blocks training only for TensorFlow's write into the local working copy; the commit (checksums, upload, commit
-object, pruning) runs on the run directory's background thread, for local runs too.
+A save blocks training only while the variables are copied into host memory (job/snapshot.py): the write into the local
+working copy runs on a thread of its own, and the commit (checksums, upload, commit object, pruning) on the run
+directory's background thread once that write has ended, for local runs too. A process killed at any moment leaves at
+worst files no commit names, which a later commit removes.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import tensorflow as tf
 from job.errors import UserError, first_line
 from job.metrics import BEST_METRIC
 from job.rundir import RunDir
+from job.snapshot import Snapshot, SnapshotWriter
 from job.storage import AlreadyExistsError, LocalStorage, crc32c_of_file
 
 log = logging.getLogger(__name__)
@@ -82,28 +85,29 @@ class CheckpointStore:
         self._saved: dict[int, str] = {}  # step -> local prefix, for steps this store saved (committed or queued)
                                           # or restored
         self._queued: set[int] = set()  # steps saved whose commit has not run yet
+        self._snapshots: SnapshotWriter | None = None  # of the checkpoint object save() was last given
 
     # ------------------------------------------------------------------------------------------------ writing
 
     def save(self, ckpt: tf.train.Checkpoint, step: int, metrics: dict | None = None) -> str:
-        """Write checkpoint `step` into the working copy (blocking) and queue its commit (run.submit). Returns the
-        local prefix. Raises UserError if another trainer committed a checkpoint of this run meanwhile."""
+        """Snapshot checkpoint `step` (blocking for the copy into host memory, and for the write before it if that is
+        still running), write it into the working copy in the background and queue its commit (run.submit) after the
+        write. Returns the local prefix. Raises UserError if another trainer committed a checkpoint of this run
+        meanwhile, or an earlier write or commit failed."""
         self.run.raise_if_failed()
         if step in self._saved:  # e.g. a final save right after a periodic one: the state is the same
             log.debug("checkpoint %s already saved", _name(step))
             return self._saved[step]
         name = self._prefix(step)
-        try:
-            prefix = ckpt.write(str(self.dir / name))
-        except tf.errors.NotFoundError as e:  # its folder or temp files vanished while TensorFlow wrote them
-            raise UserError(f"checkpoint {self.dir / name} was deleted while it was written ({e.message[-120:]}): "
-                            f"is another trainer writing to {self.run.url}? Give each run its own run.dir") from None
+        prefix = str(self.dir / name)
+        snapshot = self.snapshots(ckpt).write(prefix)
         self._saved[step] = prefix
         metrics = {k: _plain(v) for k, v in (metrics or {}).items()}
         commit = {}  # built on first run of the task; a retried task reuses the same bytes
 
         def commit_task() -> None:
             if not commit:
+                self._written(snapshot)
                 commit["data"] = self._commit_object(step, name, metrics)
             self._commit(step, commit["data"])
             self._queued.discard(step)
@@ -111,6 +115,30 @@ class CheckpointStore:
         self._queued.add(step)
         self.run.submit(commit_task, what=f"checkpoint {_name(step)}")
         return prefix
+
+    def snapshots(self, ckpt: tf.train.Checkpoint) -> SnapshotWriter:
+        """The snapshot writer of `ckpt` (one per checkpoint object: its host-memory twins are made once)."""
+        if self._snapshots is None or self._snapshots.ckpt is not ckpt:
+            if self._snapshots is not None:
+                self._snapshots.wait()
+            self._snapshots = SnapshotWriter(ckpt)
+        return self._snapshots
+
+    @property
+    def waited_seconds(self) -> float:
+        """How long the last save waited for the write before it (0 if that had ended)."""
+        return self._snapshots.waited_seconds if self._snapshots else 0.0
+
+    def _written(self, snapshot: Snapshot) -> None:
+        """Wait (on the commit thread) until the snapshot's background write has ended; raise UserError if it failed."""
+        snapshot.wait()
+        error = snapshot.error
+        if isinstance(error, tf.errors.NotFoundError):  # its folder or temp files vanished while TensorFlow wrote them
+            raise UserError(f"checkpoint {snapshot.prefix} was deleted while it was written ({error.message[-120:]}): "
+                            f"is another trainer writing to {self.run.url}? Give each run its own run.dir")
+        if error is not None:
+            raise UserError(f"could not write checkpoint {snapshot.prefix} ({type(error).__name__}: "
+                            f"{first_line(error, 200)}): is the disk of {self.run.local} full or read-only?")
 
     def _prefix(self, step: int) -> str:
         """The name of this writer's files of checkpoint `step`."""

@@ -6,10 +6,8 @@ an epoch are pure functions of (seed, epoch, batch index), and model, optimizer 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import tensorflow as tf
 
@@ -53,9 +51,9 @@ class Loop:
         if parts.backend.is_chief:
             parts.store.save(parts.checkpoint, self.step, metrics)
         elif parts.backend.num_workers > 1:
-            # Collective-backed variables need every worker to take part in a save; other workers write to scratch.
-            with tempfile.TemporaryDirectory() as scratch:
-                parts.checkpoint.write(str(Path(scratch) / "ckpt"))
+            # Collective-backed variables need every worker to take part in reading them; only the chief writes.
+            parts.store.snapshots(parts.checkpoint).take()
+        # Includes any wait for the previous save's background write (job/snapshot.py logs it).
         self._emit("on_checkpoint_saved", self.step, time.perf_counter() - started)
 
     def request_stop(self, reason: str, kind: str = FINISH) -> None:

@@ -216,7 +216,13 @@ class LocalStorage(Storage):
             temp.unlink(missing_ok=True)
 
     def delete(self, relpath: str) -> None:
-        self._path(relpath).unlink(missing_ok=True)
+        path = self._path(relpath)
+        path.unlink(missing_ok=True)
+        if path.parent != self.root:  # its folder goes with its last file, as in a bucket (e.g. TF's <prefix>_temp/)
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass  # not empty, or gone already
 
     def preflight(self) -> None:
         name = f".preflight-{uuid.uuid4().hex[:8]}"

@@ -1,9 +1,12 @@
 """SIGTERM (what Kubernetes sends before it kills a pod): commit a checkpoint within the grace period, exit 75 so the
 Job's podFailurePolicy retries without counting it, and resume from that checkpoint on the next start."""
+import json
 import os
 import re
 import shlex
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -86,6 +89,34 @@ def test_sigterm_with_a_bucket_commits_the_checkpoint_in_the_bucket(tmp_path, gc
 
     step = max(int(p.split("ckpt-")[1].split(".")[0]) for p in commits)
     again = run_job(*resume_args(log, step), f"run.dir={url}", f"run.work_dir={tmp_path / 'fresh'}", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from step {step}" in again.stderr
+
+
+def test_sigterm_while_a_checkpoint_is_written_in_the_background_commits_it_and_exits_75(tmp_path):
+    run, log = tmp_path / "run", tmp_path / "first.log"
+    # ckpt-10's background write is held half-done (tests/hooked_train.py --hold-write) until the trainer has received
+    # SIGTERM and its final save has said that it waits for that write: so the signal lands, by construction, while a
+    # snapshot is being written, and the final save is one that has to wait.
+    args = [*ARGS, "checkpoint.every_steps=5", f"run.dir={run}"]
+    command = [sys.executable, str(ROOT / "tests" / "hooked_train.py"), "--events", str(tmp_path / "events"),
+               "--hold-write", "10", "--release-after-sigterm", "--", *args]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=trainer_env(), stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: "held for a test: writing checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
+             what="the write of ckpt-10 to be held")
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=grace_period_seconds())
+    text = log.read_text()
+    assert code == EXIT_PREEMPTED, text[-3000:]
+    assert re.search(r"waiting for the background write of \S+/ckpt-10-[0-9a-f]{8} before the next snapshot", text)
+    assert re.search(r"waited [\d.]+ s for the write of \S+/ckpt-10-", text)
+    step = assert_sigterm_checkpoint_is_newest(text, run)
+    assert step > 10 and 10 in committed_steps(run), committed_steps(run)
+    events = [json.loads(line) for line in (tmp_path / "events" / "events-0.jsonl").read_text().splitlines()]
+    assert [e["saved"] for e in events if e["event"] == "checkpoint_saved"][-1] == step
+
+    again = run_job(*resume_args(text, step), f"run.dir={run}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from step {step}" in again.stderr
 

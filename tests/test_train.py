@@ -1,11 +1,13 @@
 """End to end: the real trainer as a process, killed and restarted as a preempted pod would be."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer_runs import committed_prefix, committed_steps, kill_hard, run_job, start_job, trainer_env, wait_for
+from trainer_runs import ROOT, committed_prefix, committed_steps, kill_hard, run_job, start_job, trainer_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -23,22 +25,16 @@ def final_variables(run_dir):
     return step, {n: tf.train.load_variable(prefix, n) for n in names}
 
 
-def test_kill_minus_nine_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """TINY trained without interruption: what every interrupted and resumed run must end with."""
+    straight = tmp_path_factory.mktemp("straight") / "run"
     done = run_job("train", *TINY, f"run.dir={straight}")
     assert done.returncode == 0, done.stderr[-3000:]
+    return straight
 
-    log = tmp_path / "first.log"
-    # The commit of ckpt-10 (and all after it) is held: the kill lands with ckpt-5 the newest commit, mid-epoch (an
-    # epoch here has 40 steps, checkpoints come every 5), and ckpt-10's files written but not committed.
-    process = start_job("train", *TINY, f"run.dir={resumed}", log_path=log,
-                        env=trainer_env(JOB_TEST_HOLD_TASK=r"^checkpoint ckpt-10$"))
-    wait_for(lambda: "held for a test: checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
-             what="the commit of ckpt-10 to be held")
-    kill_hard(process)
-    killed_at = committed_steps(resumed)[-1]
-    assert killed_at == 5, committed_steps(resumed)
 
+def assert_resumed_like_straight(resumed, straight, killed_at: int) -> None:
     again = run_job("train", *TINY, f"run.dir={resumed}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from step {killed_at}" in again.stderr
@@ -50,6 +46,42 @@ def test_kill_minus_nine_mid_epoch_then_resume_ends_with_the_same_weights(tmp_pa
     # Deterministic ops on a CPU: the resumed run repeats the same arithmetic, so the tolerance is float32 rounding.
     for name in weights_a:
         np.testing.assert_allclose(weights_b[name], weights_a[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_kill_minus_nine_mid_epoch_then_resume_ends_with_the_same_weights(tmp_path, straight_run):
+    resumed, log = tmp_path / "resumed", tmp_path / "first.log"
+    # The commit of ckpt-10 (and all after it) is held: the kill lands with ckpt-5 the newest commit, mid-epoch (an
+    # epoch here has 40 steps, checkpoints come every 5), and ckpt-10's files written (or being written) but not
+    # committed.
+    process = start_job("train", *TINY, f"run.dir={resumed}", log_path=log,
+                        env=trainer_env(JOB_TEST_HOLD_TASK=r"^checkpoint ckpt-10$"))
+    wait_for(lambda: "held for a test: checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
+             what="the commit of ckpt-10 to be held")
+    kill_hard(process)
+    assert committed_steps(resumed) == [5]
+    assert_resumed_like_straight(resumed, straight_run, killed_at=5)
+
+
+def test_kill_minus_nine_during_a_background_checkpoint_write_then_resume_ends_with_the_same_weights(
+        tmp_path, straight_run):
+    resumed, log = tmp_path / "resumed", tmp_path / "first.log"
+    # The background write of ckpt-10 is held half-done (tests/hooked_train.py --hold-write): its data is in
+    # <prefix>_temp/, its index not written. Training goes on meanwhile, up to the save of ckpt-15, which waits for it.
+    command = [sys.executable, str(ROOT / "tests" / "hooked_train.py"), "--events", str(tmp_path / "events"),
+               "--hold-write", "10", "--", *TINY, f"run.dir={resumed}"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=trainer_env(), stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: "held for a test: writing checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
+             what="the write of ckpt-10 to be held")
+    assert list((resumed / "checkpoints").glob("ckpt-10-*_temp/*")), "the write's data files were not there"
+    assert not list((resumed / "checkpoints").glob("ckpt-10-*.index"))
+    kill_hard(process)
+    assert committed_steps(resumed) == [5]
+
+    assert_resumed_like_straight(resumed, straight_run, killed_at=5)
+    # The half-written files named by no commit went with the commits after the resume.
+    left = sorted(p.name for p in (resumed / "checkpoints").iterdir())
+    assert not [name for name in left if name.endswith("_temp")], left
 
 
 def test_digits_preset_trains_to_97_percent_and_prints_the_evaluation(tmp_path):
