@@ -2,9 +2,10 @@
 and to gs:// (fake-gcs-server), against TensorFlow's own tf.train.Checkpoint.write of the same objects.
 
 The checkpoint holds what job.train.train puts in it (model, optimizer with its slots, the step and the early-stopping
-state), so its size is the trainer's. A save writes to the local working copy and queues the commit (checksums, commit
-object, pruning; for gs:// the upload first); the trial then waits, untimed, until it is done (reported as
-commit_seconds), as it would be long before the next save.
+state), so its size is the trainer's. A save copies the variables into host memory and returns; the write into the
+local working copy runs on a thread of its own and the commit (checksums, commit object, pruning; for gs:// the upload
+first) after it; the trial then waits, untimed, until both are done (reported as commit_seconds), as they would be long
+before the next save.
 Every trial starts from a quiet machine, as a save in training does (saves are minutes apart): os.sync(), so no trial
 pays for writing back the dirty pages of the one before, and a wait until fake-gcs-server (which here shares the
 cores; a real bucket does not) has finished digesting the last upload.
@@ -77,7 +78,10 @@ def setup_checkpoint(preset: str, overrides: list[str], gcs_url: str = "", gcs_p
         shutil.rmtree(scratch, ignore_errors=True)
         return {}
 
-    info = {"model": cfg.model.name, "parameters": int(model.count_params()), "keep": cfg.checkpoint.keep}
+    from bench.flops import train_flops_per_image
+
+    info = {"model": cfg.model.name, "parameters": int(model.count_params()), "keep": cfg.checkpoint.keep,
+            "train_flops_per_image": train_flops_per_image(model)}
     return Sides(trials=trials, info=info, finish=finish)
 
 

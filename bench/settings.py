@@ -56,6 +56,12 @@ class Settings:
     # trials (every 5-12 steps): each log reads the metric sums, which waits for the queued steps.
     loop_vs_fit_overrides: tuple[str, ...] = ("data.augment.crop_padding=0", "data.augment.flip=false",
                                               "run.log_every_steps=100")
+    # Without a GPU, a checkpoint's blocking time is also set against an epoch on this GPU (a projection): the model's
+    # training FLOPs (bench/flops.py) at this share of its 16-bit data-sheet peak, the design's reference (NVIDIA's
+    # ResNet-50 with AMP+XLA reaches about 19 % of an A100's peak). Small CIFAR models reach less, so their epochs
+    # are longer than this and the projected share is an upper bound.
+    projection_gpu: str = "A100"
+    projection_fraction_of_peak: float = 0.19
     gpu_overrides: tuple[str, ...] = ("train.precision=mixed_float16", "train.jit_compile=true")
     gpu_steps_factor: int = 5  # GPU steps are short: more of them per trial
     epoch_images: int = 50_000  # a CIFAR training epoch

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from job.commits import CKPT_DIR, commit_path, committed_steps
 from job.errors import UserError, first_line
 from job.metrics import BEST_METRIC
 from job.rundir import RunDir
@@ -37,9 +38,7 @@ from job.storage import AlreadyExistsError, LocalStorage, crc32c_of_file
 
 log = logging.getLogger(__name__)
 
-CKPT_DIR = "checkpoints"
 _OWN_COMMITS_TIMEOUT = 600.0  # seconds latest()/best() wait for this store's queued commits (uploads, for gs://)
-_COMMIT_RE = re.compile(r"ckpt-(\d+)\.commit\.json")
 _PREFIX_RE = re.compile(r"ckpt-(\d+)(?:-[0-9a-f]{8})?")
 _DATA_RE = re.compile(r"(ckpt-(\d+)(?:-[0-9a-f]{8})?)\.(?:index|data-\d+-of-\d+)")  # what Checkpoint.write leaves
 _FILE_RE = re.compile(r"(ckpt-(\d+)(?:-[0-9a-f]{8})?)(?:\.|_temp/)(?!commit\.json$)")  # any file but a commit
@@ -58,10 +57,6 @@ class DamagedCheckpoint(Exception):
 
 def _name(step: int) -> str:
     return f"ckpt-{step}"
-
-
-def _commit_path(step: int) -> str:
-    return f"{CKPT_DIR}/{_name(step)}.commit.json"
 
 
 def _checkpoint_file(relpath: str) -> tuple[int, str] | None:
@@ -162,12 +157,12 @@ class CheckpointStore:
             self._forget_damaged(step)
             return False
         try:
-            existing = self.storage.read_bytes(_commit_path(step))
+            existing = self.storage.read_bytes(commit_path(step))
         except FileNotFoundError:
             return False
         if existing == ours:
             return True
-        raise AlreadyExistsError(_commit_path(step))
+        raise AlreadyExistsError(commit_path(step))
 
     def _conflict(self, step: int) -> UserError:
         return UserError(f"another trainer is writing to {self.run.url}: it committed checkpoint {_name(step)} "
@@ -184,14 +179,14 @@ class CheckpointStore:
                                             f"copy before it was uploaded; something else deletes files in "
                                             f"{self.run.local}")
                         self.storage.put_file(self.run.local / relpath, relpath)
-                self.storage.write_bytes(_commit_path(step), data, if_absent=True)
+                self.storage.write_bytes(commit_path(step), data, if_absent=True)
         except AlreadyExistsError:
             for relpath in stored:  # names only this writer uses: nobody else's checkpoint is touched
                 for place in self._places():
                     place.delete(relpath)
             raise self._conflict(step) from None
         if self.run.is_remote:
-            self.working.write_bytes(_commit_path(step), data)  # the working copy mirrors the stored layout
+            self.working.write_bytes(commit_path(step), data)  # the working copy mirrors the stored layout
         self._manifests[step] = json.loads(data)
         self._after_commit(step)
 
@@ -253,7 +248,7 @@ class CheckpointStore:
     def _delete(self, step: int, keep_prefix: str = "") -> None:
         """The commit object of `step` first, so no reader picks it up half-deleted, then its files."""
         for place in self._places():
-            place.delete(_commit_path(step))
+            place.delete(commit_path(step))
             for relpath in place.list(f"{CKPT_DIR}/{_name(step)}"):
                 found = _checkpoint_file(relpath)
                 if found and found[0] == step and found[1] != keep_prefix:
@@ -268,19 +263,14 @@ class CheckpointStore:
 
     def committed_steps(self) -> list[int]:
         """Steps that have a commit object, oldest first (not verified)."""
-        steps = []
-        for relpath in self.storage.list(f"{CKPT_DIR}/ckpt-"):
-            match = _COMMIT_RE.fullmatch(relpath.rsplit("/", 1)[-1])
-            if match:
-                steps.append(int(match.group(1)))
-        return sorted(steps)
+        return committed_steps(self.storage)
 
     def _manifest(self, step: int) -> dict | None:
         """The commit object of `step`; None if it vanished (pruned meanwhile). Raises DamagedCheckpoint if
         unreadable."""
         if step not in self._manifests:
             try:
-                data = self.storage.read_bytes(_commit_path(step))
+                data = self.storage.read_bytes(commit_path(step))
             except FileNotFoundError:
                 return None
             try:
@@ -330,7 +320,7 @@ class CheckpointStore:
                     break
                 problem = _mismatch(local, f)
             if problem:
-                if not self.storage.exists(_commit_path(step)):
+                if not self.storage.exists(commit_path(step)):
                     return None  # pruned by a writer while we read it
                 raise DamagedCheckpoint(f"{f['name']}: {problem}")
         return Committed(step=step, prefix=str(self.dir / manifest["prefix"]), metrics=dict(manifest["metrics"]))

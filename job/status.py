@@ -7,11 +7,11 @@ must not import job.checkpoint or anything else that imports TensorFlow; tests/t
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from typing import Any
 
+from job.commits import commit_path, committed_steps
 from job.errors import StorageUnavailableError, UserError, first_line
 from job.storage import Storage, open_storage
 
@@ -21,7 +21,6 @@ LOG_DIR = "logs/trainer"
 CONFIG_FILE = "config.yaml"
 STALE_FLUSHES = 3  # a record older than this many flush intervals on an unfinished run: no heartbeat,
 STALE_MIN_SECONDS = 10.0  # but never sooner: uploads queue behind checkpoints, and tiny intervals (tests) jitter
-_COMMIT_RE = re.compile(r"checkpoints/ckpt-(\d+)\.commit\.json")
 _ENDED = ("finished", "stopped", "preempted", "failed")
 
 
@@ -96,14 +95,10 @@ def _eta(record: dict, now: float) -> float | None:
 
 
 def _newest_checkpoint(storage: Storage, now: float) -> dict | None:
-    steps = []
-    for name in storage.list("checkpoints/ckpt-"):
-        match = _COMMIT_RE.fullmatch(name)
-        if match:
-            steps.append(int(match.group(1)))
-    for step in sorted(steps, reverse=True):  # the newest readable one (pruning may remove one meanwhile)
+    steps = committed_steps(storage)
+    for step in reversed(steps):  # the newest readable one (pruning may remove one meanwhile)
         try:
-            commit = storage.read_json(f"checkpoints/ckpt-{step}.commit.json")
+            commit = storage.read_json(commit_path(step))
         except UserError:
             continue
         if commit is None:

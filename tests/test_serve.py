@@ -197,7 +197,8 @@ def truncated_png(digits):
 BAD_FILES = {  # case -> (files, status, phrases of the error)
     "text file": (lambda d: text_file(), 422, ["notes.txt:", "not an image"]),
     "truncated png": (truncated_png, 422, ["cut.png:", "truncated"]),
-    "png bomb": (lambda d: [("bomb.png", png_bomb())], 413, ["bomb.png:", "20000x20000 pixels", "40,000,000"]),
+    "png bomb": (lambda d: [("bomb.png", png_bomb())], 413,
+                 ["bomb.png:", "20000x20000 = 400,000,000 pixels", "40,000,000"]),
     "one bad file among good ones": (lambda d: [("ok.png", png_bytes(d[0][0])), *text_file()], 422, ["notes.txt:"]),
     "too many files": (lambda d: [(f"{i}.png", png_bytes(d[0][i])) for i in range(MAX_FILES + 1)], 413,
                        [f"more than {MAX_FILES} files"]),

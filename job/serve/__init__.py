@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -32,7 +31,6 @@ TOKEN_ENV = "JOB_SERVE_TOKEN"
 TEST_HOLD_ENV = "JOB_SERVE_TEST_HOLD_LOAD"
 _LIMIT_ENVS = {"max_request_mb": "JOB_SERVE_MAX_REQUEST_MB", "max_files": "JOB_SERVE_MAX_FILES",
                "max_pixels": "JOB_SERVE_MAX_PIXELS"}
-_COMMIT_RE = re.compile(r"checkpoints/ckpt-\d+\.commit\.json")
 
 
 def main(args) -> int:
@@ -154,6 +152,7 @@ def check_source(run_dir: str | None, model_file: str | None, checkpoint: str = 
             raise UserError(f"--model {model_file} is not a .keras or .h5 file; give a run's export/model.keras "
                             f"(or --run-dir RUN for its checkpoints)")
         return
+    from job.commits import committed_steps
     from job.storage import open_storage
 
     storage = open_storage(run_dir)
@@ -164,7 +163,7 @@ def check_source(run_dir: str | None, model_file: str | None, checkpoint: str = 
         if not storage.exists("config.yaml"):
             raise UserError(f"--run-dir {run_dir} is not a run directory (it has no config.yaml); give the run.dir "
                             f"that `python -m job train` wrote")
-        if not any(_COMMIT_RE.fullmatch(name) for name in storage.list("checkpoints/ckpt-")):
+        if not committed_steps(storage):
             raise UserError(f"--run-dir {run_dir} has no committed checkpoint yet; train first (or wait for the "
                             f"first checkpoint)")
         if checkpoint == "best" and not _has_validation(storage):

@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from job.errors import first_line
-from job.images import ImageError, open_rgb, to_model_input
+from job.images import ImageError, TooManyPixelsError, open_rgb, to_model_input
 from job.inference import prediction_record
 from job.serve.uploads import Limits, RequestError, Upload, read_uploads
 
@@ -127,9 +127,6 @@ _MULTIPART_BODY = {"requestBody": {"required": True, "content": {"multipart/form
 def create_app(slot: ModelSlot, limits: Limits | None = None, token: str | None = None) -> FastAPI:
     """The app, serving whatever classifier `slot` holds (503 on /v1/ until it holds one)."""
     limits = limits or Limits()
-    # Every file's pixel count is checked against limits.max_pixels from its header before it is decoded; Pillow's own
-    # process-wide guard (which raises for over 179 MP, a message without the image's size) would only get in the way.
-    Image.MAX_IMAGE_PIXELS = None
     page = PAGE.read_text(encoding="utf-8")
     heavy = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))  # decoding and inference: bounded memory
 
@@ -241,27 +238,14 @@ def classify(model, uploads: list[Upload], max_pixels: int, top: int, explain: b
 
 
 def open_image(upload: Upload, max_pixels: int) -> Image.Image:
-    """The upload as an RGB image; RequestError 413 (too many pixels) or 422 (not an image), naming the file."""
-    size = header_size(upload.data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        width, height = size
-        raise RequestError(413, f"{upload.filename}: {width}x{height} pixels ({width * height:,}) is over the limit "
-                                f"of {max_pixels:,} pixels per image; scale it down first")
+    """The upload as an RGB image; RequestError 413 (too many pixels, from its header) or 422 (not an image), naming
+    the file."""
     try:
         return open_rgb(upload.data, max_pixels)
+    except TooManyPixelsError as e:
+        raise RequestError(413, f"{upload.filename}: {e}") from None
     except ImageError as e:
         raise RequestError(422, f"{upload.filename}: {e}") from None
-    except Image.DecompressionBombError as e:  # only if Pillow's own guard was set again after create_app
-        raise RequestError(413, f"{upload.filename}: {first_line(e)}") from None
-
-
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the file's header, without decoding it; None if Pillow cannot read the header."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except Exception:  # noqa: BLE001 - not an image, or a broken one: open_rgb says which, in one line
-        return None
 
 
 def overlay_data_url(image: Image.Image, heatmap: np.ndarray) -> str:
