@@ -37,8 +37,9 @@ class Hook:
         val_loss, val_top1 and val_top5. The loop saves the epoch's checkpoint right after."""
 
     def on_checkpoint_saved(self, loop: Loop, step: int, blocking_seconds: float) -> None:
-        """A checkpoint of `step` was written; its commit (checksums, upload, commit object) runs in the background.
-        `blocking_seconds`: how long training waited for the write."""
+        """A checkpoint of `step` was snapshotted; its write and commit (checksums, upload, commit object) run in the
+        background. `blocking_seconds`: how long training waited (the copy into host memory, and any wait for the
+        previous save's write to end)."""
 
     def on_train_end(self, loop: Loop, outcome: str, evaluation: dict[str, Any] | None) -> None:
         """The last event of this process. `outcome`: finished (all epochs), stopped (a hook's request), or preempted
