@@ -119,11 +119,6 @@ class CheckpointStore:
             self._snapshots = SnapshotWriter(ckpt)
         return self._snapshots
 
-    @property
-    def waited_seconds(self) -> float:
-        """How long the last save waited for the write before it (0 if that had ended)."""
-        return self._snapshots.waited_seconds if self._snapshots else 0.0
-
     def _written(self, snapshot: Snapshot) -> None:
         """Wait (on the commit thread) until the snapshot's background write has ended; raise UserError if it failed."""
         snapshot.wait()

@@ -39,8 +39,6 @@ class Snapshot:
     prefix: str
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
-    copy_seconds: float = 0.0  # training waited this long for the copy into host memory
-    write_seconds: float = 0.0  # the background write took this long
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done.wait(timeout)
@@ -139,9 +137,8 @@ class SnapshotWriter:
 
     def write(self, prefix: str) -> Snapshot:
         """Take a snapshot and start writing it to `prefix` in the background; returns at once after the copy."""
-        began = time.perf_counter()
         self.take()
-        snapshot = Snapshot(prefix=prefix, copy_seconds=time.perf_counter() - began - self.waited_seconds)
+        snapshot = Snapshot(prefix=prefix)
         self._last = snapshot
         threading.Thread(target=self._write, args=(snapshot,), name=f"write {prefix}", daemon=True).start()
         return snapshot
@@ -152,11 +149,9 @@ class SnapshotWriter:
             self._last.wait()
 
     def _write(self, snapshot: Snapshot) -> None:
-        began = time.perf_counter()
         try:
             self._twins.checkpoint.write(snapshot.prefix)
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the snapshot
             snapshot.error = e
         finally:
-            snapshot.write_seconds = time.perf_counter() - began
             snapshot.done.set()

@@ -53,7 +53,7 @@ class Recorder(Hook):
                      val_top1=validation["val_top1"] if validation else None)
 
     def on_checkpoint_saved(self, loop, step, blocking_seconds):
-        self._record(loop, "checkpoint_saved", saved=step)
+        self._record(loop, "checkpoint_saved", saved=step, blocking=blocking_seconds)
 
     def on_train_end(self, loop, outcome, evaluation):
         self._record(loop, "train_end", outcome=outcome, evaluated=evaluation is not None)
