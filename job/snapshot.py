@@ -74,7 +74,7 @@ class _Twins:
     """Host-memory twins of a checkpoint's variables, in a tree shaped like its object graph."""
 
     def __init__(self, ckpt: tf.train.Checkpoint):
-        self.pairs: list[tuple[tf.Variable, tf.Variable]] = []  # (twin, live)
+        pairs: list[tuple[tf.Variable, tf.Variable, bool]] = []  # (twin, live, whether live is in host memory)
         made: dict[int, Trackable] = {}  # id(original) -> its twin: shared objects stay shared
 
         def twin(node, path: str) -> Trackable:
@@ -84,7 +84,9 @@ class _Twins:
             if live is not None:
                 with tf.device("/cpu:0"):
                     copy = tf.Variable(tf.zeros(live.shape, live.dtype), trainable=False, name="snapshot")
-                self.pairs.append((copy, live))
+                # A variable in host memory already would only share its buffer with its twin (copy-on-write),
+                # moving the copy into the next training step: it is copied explicitly, so the snapshot pays for it.
+                pairs.append((copy, live, "CPU" in live.device.upper() or not live.device))
                 made[id(node)] = copy
                 return copy
             if _has_own_state(node):
@@ -97,9 +99,6 @@ class _Twins:
 
         root = {name: twin(child, name) for name, child in tf.train.TrackableView.children(ckpt).items()}
         self.checkpoint = tf.train.Checkpoint(**root)
-        # A variable in host memory already would only share its buffer with its twin (copy-on-write), moving the
-        # copy into the next training step: it is copied here instead, so the snapshot pays for what it takes.
-        pairs = [(copy_of, live, "CPU" in live.device.upper() or not live.device) for copy_of, live in self.pairs]
 
         @tf.function(autograph=False)
         def copy() -> tf.Tensor:

@@ -5,14 +5,21 @@ import os
 import re
 import shlex
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
-from trainer_runs import ROOT, committed_steps, job_command, run_job, start_job, trainer_env, wait_for
+from trainer_runs import (
+    ROOT,
+    committed_steps,
+    job_command,
+    run_job,
+    start_job,
+    start_with_held_write,
+    trainer_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -99,12 +106,7 @@ def test_sigterm_while_a_checkpoint_is_written_in_the_background_commits_it_and_
     # SIGTERM and its next save (the periodic ckpt-15, or the final one, whichever comes first) has said that it waits
     # for that write: so the signal lands, by construction, while a snapshot is being written, and a save has to wait.
     args = [*ARGS, "checkpoint.every_steps=5", f"run.dir={run}"]
-    command = [sys.executable, str(ROOT / "tests" / "hooked_train.py"), "--events", str(tmp_path / "events"),
-               "--hold-write", "10", "--release-after-sigterm", "--", *args]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=trainer_env(), stdout=out, stderr=subprocess.STDOUT)
-    wait_for(lambda: "held for a test: writing checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
-             what="the write of ckpt-10 to be held")
+    process = start_with_held_write(10, args, tmp_path / "events", log, "--release-after-sigterm")
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=grace_period_seconds())
     text = log.read_text()

@@ -1,13 +1,20 @@
 """End to end: the real trainer as a process, killed and restarted as a preempted pod would be."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer_runs import ROOT, committed_prefix, committed_steps, kill_hard, run_job, start_job, trainer_env, wait_for
+from trainer_runs import (
+    committed_prefix,
+    committed_steps,
+    kill_hard,
+    run_job,
+    start_job,
+    start_with_held_write,
+    trainer_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,12 +74,7 @@ def test_kill_minus_nine_during_a_background_checkpoint_write_then_resume_ends_w
     resumed, log = tmp_path / "resumed", tmp_path / "first.log"
     # The background write of ckpt-10 is held half-done (tests/hooked_train.py --hold-write): its data is in
     # <prefix>_temp/, its index not written. Training goes on meanwhile, up to the save of ckpt-15, which waits for it.
-    command = [sys.executable, str(ROOT / "tests" / "hooked_train.py"), "--events", str(tmp_path / "events"),
-               "--hold-write", "10", "--", *TINY, f"run.dir={resumed}"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=trainer_env(), stdout=out, stderr=subprocess.STDOUT)
-    wait_for(lambda: "held for a test: writing checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
-             what="the write of ckpt-10 to be held")
+    process = start_with_held_write(10, [*TINY, f"run.dir={resumed}"], tmp_path / "events", log)
     assert list((resumed / "checkpoints").glob("ckpt-10-*_temp/*")), "the write's data files were not there"
     assert not list((resumed / "checkpoints").glob("ckpt-10-*.index"))
     kill_hard(process)

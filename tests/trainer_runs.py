@@ -38,6 +38,19 @@ def start_job(*args: str, env: dict | None = None, log_path: Path | None = None)
                             stderr=subprocess.STDOUT, text=True)
 
 
+def start_with_held_write(step: int, train_args: list[str], events: Path, log_path: Path,
+                          *hook_args: str) -> subprocess.Popen:
+    """`python tests/hooked_train.py --hold-write STEP [hook_args] -- TRAIN ARGS` as a process, returned once it has
+    announced that the background write of ckpt-STEP is held half-done."""
+    command = [sys.executable, str(ROOT / "tests" / "hooked_train.py"), "--events", str(events),
+               "--hold-write", str(step), *hook_args, "--", *train_args]
+    with open(log_path, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=trainer_env(), stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: f"held for a test: writing checkpoint ckpt-{step}" in log_path.read_text(), timeout=300,
+             process=process, what=f"the write of ckpt-{step} to be held")
+    return process
+
+
 def committed_steps(run_dir: Path) -> list[int]:
     """Steps with a commit object in a local run directory: what a resume may use."""
     steps = []
