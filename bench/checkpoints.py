@@ -25,9 +25,10 @@ from job.proc import cpu_ticks
 
 def setup_checkpoint(preset: str, overrides: list[str], gcs_url: str = "", gcs_pid: int = 0,
                      upload_timeout: float = 600.0) -> Sides:
-    from job.builder import build_run, store_run_config
+    from job.builder import build_run
     from job.checkpoint import CheckpointStore
     from job.config import load_config
+    from job.runconfig import store_run_config
     from job.rundir import RunDir
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from job import config as configlib
 from job import data as datalib
 from job.batching import BatchPlan, plan_batches
 from job.checkpoint import CheckpointStore, Committed
@@ -23,17 +22,14 @@ from job.config import Config
 from job.data import Splits
 from job.devices import resolve as resolve_for_device
 from job.distribute import Backend, make_backend
-from job.errors import ConfigError
-from job.inference import CLASSES_FILE
+from job.layout import CLASSES_FILE
 from job.models.assembly import PREPROCESS_LAYER, build_full_model, is_transfer, set_phase
 from job.optim import make_optimizer
+from job.runconfig import check_run_config, load_run_config, store_run_config
 from job.rundir import RunDir
 from job.summaries import SummaryWriters
 
 log = logging.getLogger("job")
-
-CONFIG_FILE = "config.yaml"
-
 
 def configure(cfg: Config) -> Config:
     """Process-wide TensorFlow settings, before any model or dataset exists. Returns `cfg` as it runs here: with
@@ -104,15 +100,18 @@ class RunParts:
         return latest
 
 
-def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True) -> RunParts:
+def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True,
+              splits: Splits | None = None) -> RunParts:
     """Every part a training run needs; the model's weights are initial (see RunParts.restore_or_initialize).
-    `writers=False` leaves TensorBoard out (benchmarks of the bare loop)."""
+    `writers=False` leaves TensorBoard out (benchmarks of the bare loop); `splits`: the data, if loaded already (the
+    CLI loads it before TensorFlow starts: job/preflight.py)."""
     cfg = configure(cfg)
     backend = backend or make_backend(cfg)
     batches = plan_batches(cfg, backend.num_workers, backend.num_replicas)
-    splits = datalib.load_splits(cfg.data, cfg.train.seed)  # bad data fails before the run dir is touched
+    if splits is None:
+        splits = datalib.load_splits(cfg.data, cfg.train.seed)  # bad data fails before the run dir is touched
     run = RunDir.open(cfg.run_dir, cfg.run.work_dir, cfg.run.summary_flush_seconds)
-    check_run_config(run, cfg)  # refuses a changed model/dataset before anything is written
+    check_run_config(run.storage, cfg)  # refuses a changed model/dataset before anything is written
     if backend.is_chief:
         store_run_config(run, cfg)
         run.write_json(CLASSES_FILE, {"classes": list(splits.class_names)})  # predict/serve need no dataset
@@ -142,8 +141,7 @@ def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True)
 def build_for_evaluation(run: RunDir) -> RunParts:
     """The model of an existing run, on one device, with a checkpoint of the model alone (restore it with
     `checkpoint.read(prefix).expect_partial()`)."""
-    cfg = load_run_config(run)
-    cfg = configure(cfg)
+    cfg = configure(load_run_config(run.storage))
     splits = datalib.load_splits(cfg.data, cfg.train.seed)
     model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
     steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size)
@@ -166,26 +164,3 @@ def _check_same_step(backend: Backend, step: int) -> None:
     total = backend.all_reduce_sum({"step": float(step)})["step"]
     if total != step * backend.num_workers:
         raise RuntimeError(f"workers restored different steps (this one {step}, sum {total}); restart the job")
-
-
-# --------------------------------------------------------------------------------------- the run's stored config
-
-def check_run_config(run: RunDir, cfg: Config) -> None:
-    """Refuse `cfg` if it would make the run's checkpoints mean something else (configlib.resume_conflict)."""
-    if run.fetch(CONFIG_FILE):
-        stored = configlib.parse_yaml((run.local / CONFIG_FILE).read_text(), f"{run.url}/{CONFIG_FILE}")
-        conflict = configlib.resume_conflict(stored, cfg)
-        if conflict:
-            raise ConfigError(f"{run.url} {conflict}")
-
-
-def store_run_config(run: RunDir, cfg: Config) -> None:
-    (run.local / CONFIG_FILE).write_text(configlib.to_yaml(cfg))
-    run.publish(CONFIG_FILE)
-
-
-def load_run_config(run: RunDir) -> Config:
-    if not run.fetch(CONFIG_FILE):
-        raise ConfigError(f"{run.url} has no {CONFIG_FILE}: it is not a run directory made by `python -m job train`")
-    return configlib.from_dict(configlib.parse_yaml((run.local / CONFIG_FILE).read_text(),
-                                                    f"{run.url}/{CONFIG_FILE}"))

@@ -4,7 +4,10 @@ Stored layout under the run URL (a plain TF checkpoint directory, so tf.train.la
 
     checkpoints/<prefix>.index, checkpoints/<prefix>.data-*   written by tf.train.Checkpoint.write
     checkpoints/ckpt-<step>.commit.json                     its prefix, file names, sizes, CRC32C, metrics; written LAST
-    checkpoints/checkpoint                                  TF's state file, listing the kept checkpoints' prefixes
+    checkpoints/checkpoint                                  TF's state file, listing the kept checkpoints' prefixes:
+                                                            written before each commit object (naming the checkpoint
+                                                            about to be committed, whose files are all stored by then)
+                                                            and again after it, before anything is pruned
 
 <prefix> is ckpt-<step>-<writer>, where <writer> is 8 hex digits unique to the process: two trainers on one run never
 write the same data file, so the one that loses the commit cannot overwrite the files of the one that won. The commit
@@ -174,8 +177,13 @@ class CheckpointStore:
                                             f"copy before it was uploaded; something else deletes files in "
                                             f"{self.run.local}")
                         self.storage.put_file(self.run.local / relpath, relpath)
+                # TF's state file names the new checkpoint before its commit object exists (all its files are
+                # stored by now), so no moment has a commit that tf.train.latest_checkpoint cannot find.
+                self._write_state_file(self._kept_prefixes(step, json.loads(data)))
                 self.storage.write_bytes(commit_path(step), data, if_absent=True)
         except AlreadyExistsError:
+            committed = set(self.committed_steps()) - self._damaged  # the state file must not name our files now
+            self._write_state_file([p for p in map(self._prefix_of, self._kept(committed)) if p])
             for relpath in stored:  # names only this writer uses: nobody else's checkpoint is touched
                 for place in self._places():
                     place.delete(relpath)
@@ -185,15 +193,29 @@ class CheckpointStore:
         self._manifests[step] = json.loads(data)
         self._after_commit(step)
 
+    def _kept(self, committed: set[int]) -> list[int]:
+        """The steps to keep of `committed`: the newest `keep`, and the best by BEST_METRIC; oldest first."""
+        kept = sorted(committed)[-self.keep:]
+        ranked = self._by_metric(committed)
+        if ranked and ranked[0] not in kept:
+            kept = sorted(kept + ranked[:1])
+        return kept
+
+    def _kept_prefixes(self, step: int, manifest: dict) -> list[str]:
+        """The prefixes TF's state file names once `step` (about to be committed with `manifest`) is: those kept."""
+        self._manifests[step] = manifest  # so _by_metric sees its metrics; committed or not, it is this manifest
+        try:
+            kept = self._kept((set(self.committed_steps()) - self._damaged) | {step})
+            return [p for p in map(self._prefix_of, kept) if p]
+        finally:
+            self._manifests.pop(step)
+
     def _after_commit(self, step: int) -> None:
         """Point TF's state file at the kept checkpoints, then prune the rest (commit object first)."""
         committed = set(self.committed_steps()) - self._damaged
         if not committed:
             return
-        kept = sorted(committed)[-self.keep:]
-        ranked = self._by_metric(committed)
-        if ranked and ranked[0] not in kept:
-            kept = sorted(kept + ranked[:1])
+        kept = self._kept(committed)
         prefixes = {s: self._prefix_of(s) for s in kept}
         self._write_state_file([prefixes[s] for s in kept if prefixes[s]])
         for old in sorted(committed - set(kept)):

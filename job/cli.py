@@ -149,14 +149,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "train":
         cfg = configlib.load_config(args.config, args.overrides)
-        from job.storage import open_storage
+        from job.preflight import check_training_start
 
-        storage = open_storage(cfg.run_dir)
-        if storage.is_remote:  # before TensorFlow's import (seconds): a missing bucket fails at once, in one line
-            storage.preflight()
+        splits = check_training_start(cfg)  # before TensorFlow is imported: a bad start is one line
         from job.train import train
 
-        return train(cfg)
+        return train(cfg, splits=splits)
     if args.command == "relay":
         from job.relay import relay
 

@@ -71,15 +71,15 @@ class Classifier:
         """The run's model at its newest committed checkpoint, or its best by validation top-1."""
         import tensorflow as tf
 
-        from job.builder import load_run_config
         from job.checkpoint import CheckpointStore
+        from job.runconfig import load_run_config
         from job.rundir import RunDir
 
         if checkpoint not in CHECKPOINTS:
             raise UserError(f"--checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
         run = RunDir.open(run_dir)
         try:
-            cfg = load_run_config(run)
+            cfg = load_run_config(run.storage)
             classes = run_classes(run, cfg)
             store = CheckpointStore(run, keep=cfg.checkpoint.keep)
             chosen = store.latest() if checkpoint == "latest" else store.best()

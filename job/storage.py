@@ -224,6 +224,16 @@ class LocalStorage(Storage):
             except OSError:
                 pass  # not empty, or gone already
 
+    def check_writable(self) -> None:
+        """Like preflight, but without creating anything: the run directory, or the nearest folder above it that
+        exists, must be a folder this user may write in."""
+        existing = next(p for p in (self.root, *self.root.absolute().parents) if p.exists())
+        problem = ("" if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else
+                   "Not a directory" if not existing.is_dir() else "Permission denied")
+        if problem:
+            raise UserError(f"cannot write to run dir {self.url} as user {getpass.getuser()}: {problem} "
+                            f"({existing}); choose a writable run.dir")
+
     def preflight(self) -> None:
         name = f".preflight-{uuid.uuid4().hex[:8]}"
         try:

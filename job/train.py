@@ -6,6 +6,7 @@ import logging
 
 from job.builder import RunParts, build_run
 from job.config import Config
+from job.data import Splits
 from job.errors import EXIT_OK, EXIT_PREEMPTED
 from job.evaluate import evaluate_and_store
 from job.export import export_model
@@ -17,12 +18,13 @@ from job.stopping import StopRequest
 log = logging.getLogger("job")
 
 
-def train(cfg: Config, extra_hooks: list[Hook] = ()) -> int:
-    """Train (or resume) the run `cfg` describes; `extra_hooks` run after the default ones."""
+def train(cfg: Config, extra_hooks: list[Hook] = (), splits: Splits | None = None) -> int:
+    """Train (or resume) the run `cfg` describes; `extra_hooks` run after the default ones; `splits`: the data, if
+    loaded already (job/preflight.py)."""
     capture_early()  # the lines logged before the run's log file opens (job/runlog.py)
     stop = StopRequest()
     stop.install_signal_handlers()
-    parts = build_run(cfg)
+    parts = build_run(cfg, splits=splits)
     restored = parts.restore_or_initialize()
     _log_start(parts, resumed=restored is not None)
     loop = Loop(parts, default_hooks(parts) + list(extra_hooks), stop)

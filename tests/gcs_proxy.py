@@ -35,6 +35,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encodin
                "proxy-authorization", "proxy-authenticate", "expect", "content-length", "host"}
 # object names (regexes) of a checkpoint's files in a run (job/checkpoint.py)
 CHECKPOINT_DATA, COMMIT_OBJECT = r"/checkpoints/ckpt-\d+-[0-9a-f]{8}\.data-", r"/checkpoints/ckpt-\d+\.commit\.json$"
+STATE_FILE = r"/checkpoints/checkpoint$"  # TF's state file
 INCOMPLETE = object()  # a body whose client closed the connection before all of it arrived
 _NAME_IN_METADATA = re.compile(rb'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
@@ -118,14 +119,16 @@ class GcsProxy:
 
     def hold_checkpoint_moment(self, moment: str, nth: int, resume_downloads: bool) -> None:
         """Hold a checkpoint's moment for a kill: `resume` (the download of the newest checkpoint, or the listing when
-        there is nothing to download), or the `nth` checkpoint data `upload`, `commit` object upload or `prune`
-        delete. `delay` holds nothing (the test kills after a delay)."""
+        there is nothing to download), or the `nth` checkpoint data `upload`, `commit` object upload, upload of TF's
+        `state` file or `prune` delete. `delay` holds nothing (the test kills after a delay)."""
         if moment == "resume":
             self.hold(*(("download", CHECKPOINT_DATA) if resume_downloads else ("list", r"/checkpoints/ckpt-$")))
         elif moment == "upload":
             self.hold("upload", CHECKPOINT_DATA, skip=nth - 1)
         elif moment == "commit":
             self.hold("upload", COMMIT_OBJECT, skip=nth - 1)
+        elif moment == "state":
+            self.hold("upload", STATE_FILE, skip=nth - 1)
         elif moment == "prune":
             self.hold("delete", r"/checkpoints/ckpt-", skip=nth - 1)
 

@@ -1,4 +1,6 @@
-"""Every bad input: one line on stderr naming the problem and the fix, a non-zero exit, nothing written or deleted."""
+"""Every bad input: one line on stderr naming the problem and the fix, a non-zero exit, nothing written or deleted.
+Problems a training start can detect (config, data, storage) are reported before TensorFlow is imported, so that line
+is all the terminal shows, with TensorFlow's log level as a user has it (README "Command line", job/preflight.py)."""
 import gzip
 import hashlib
 import io
@@ -7,7 +9,7 @@ import tarfile
 
 import pytest
 
-from trainer_runs import run_job
+from trainer_runs import run_job, user_env
 
 TINY = ["train.epochs=1", "train.batch_size=16", "train.max_steps_per_epoch=2"]
 
@@ -23,6 +25,18 @@ def assert_one_line_error(result, *fragments):
     return errors[0]
 
 
+def assert_only_line(result, *fragments):
+    """The error is all there is: no TensorFlow start-up lines, no log lines, nothing on stdout."""
+    error = assert_one_line_error(result, *fragments)
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [error], result.stderr[-2000:]
+    assert not result.stdout.strip(), result.stdout[-2000:]
+    return error
+
+
+def run_start(*args, timeout=120):
+    return run_job(*args, timeout=timeout, env=user_env())
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--config", "digits_resnet20", "train.epoch=3"], ["unknown config key 'train.epoch'", "train.epochs"]),
     (["--config", "digits_resnet20", "train.batch_size=big"], ["train.batch_size must be int, got 'big'"]),
@@ -31,8 +45,8 @@ def assert_one_line_error(result, *fragments):
     (["--config", "cifar100_resnet1"], ["unknown preset 'cifar100_resnet1'", "python -m job presets"]),
 ])
 def test_bad_config_input(tmp_path, args, fragments):
-    result = run_job("train", *args, f"run.dir={tmp_path / 'run'}", timeout=120)
-    assert_one_line_error(result, *fragments)
+    result = run_start("train", *args, f"run.dir={tmp_path / 'run'}")
+    assert_only_line(result, *fragments)
     assert not (tmp_path / "run").exists()
 
 
@@ -48,20 +62,20 @@ def test_bad_config_file(tmp_path, content, fragments):
     path = tmp_path / "mine.yaml"
     path.write_bytes(content)
     for command in ("config", "train"):
-        result = run_job(command, "--config", str(path), f"run.dir={tmp_path / 'run'}", timeout=120)
-        assert_one_line_error(result, *fragments)
+        result = run_start(command, "--config", str(path), f"run.dir={tmp_path / 'run'}")
+        assert_only_line(result, *fragments)
     assert not (tmp_path / "run").exists()
 
 
 def test_config_path_that_is_a_directory(tmp_path):
-    result = run_job("config", "--config", str(tmp_path), timeout=60)
-    assert_one_line_error(result, str(tmp_path), "is a directory")
+    result = run_start("config", "--config", str(tmp_path))
+    assert_only_line(result, str(tmp_path), "is a directory")
 
 
 def test_missing_archive_without_download(tmp_path):
-    result = run_job("train", "--config", "cifar100_resnet18", f"data.dir={tmp_path / 'data'}", "data.download=false",
-                     f"run.dir={tmp_path / 'run'}", *TINY, timeout=120)
-    assert_one_line_error(result, "cifar-100-python.tar.gz")
+    result = run_start("train", "--config", "cifar100_resnet18", f"data.dir={tmp_path / 'data'}", "data.download=false",
+                       f"run.dir={tmp_path / 'run'}", *TINY)
+    assert_only_line(result, "cifar-100-python.tar.gz")
     assert not (tmp_path / "run").exists()
 
 
@@ -92,9 +106,9 @@ def test_corrupted_archive(tmp_path, damage):
     # The MD5 given matches the damaged file, so the check after it (tar, pickle) is what must catch the damage.
     md5 = "0123456789abcdef0123456789abcdef" if damage == "md5" else hashlib.md5(before).hexdigest()
     args = [f"data.md5={md5}"]
-    result = run_job("train", "--config", "cifar100_resnet18", f"data.dir={data}", "data.download=false",
-                     f"run.dir={tmp_path / 'run'}", *args, *TINY, timeout=120)
-    assert_one_line_error(result, "cifar-100-python.tar.gz")
+    result = run_start("train", "--config", "cifar100_resnet18", f"data.dir={data}", "data.download=false",
+                       f"run.dir={tmp_path / 'run'}", *args, *TINY)
+    assert_only_line(result, "cifar-100-python.tar.gz")
     assert archive.read_bytes() == before, "a bad archive is reported, never deleted or rewritten"
     assert not (tmp_path / "run").exists()
 
@@ -109,8 +123,8 @@ def test_batch_not_divisible_by_replicas(tmp_path):
 def test_run_dir_not_writable(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("a file where the run dir's parent should be")
-    result = run_job("train", "--config", "digits_resnet20", f"run.dir={blocker / 'run'}", *TINY, timeout=120)
-    assert_one_line_error(result, str(blocker / "run"))
+    result = run_start("train", "--config", "digits_resnet20", f"run.dir={blocker / 'run'}", *TINY)
+    assert_only_line(result, str(blocker / "run"))
     assert blocker.read_text().startswith("a file")
 
 
@@ -121,9 +135,8 @@ def test_resuming_with_a_changed_model_is_refused_and_keeps_the_run(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     before = sorted((p.relative_to(run), p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*"))
 
-    changed = run_job("train", "--config", "digits_resnet20", "model.name=simple_cnn", f"run.dir={run}", *TINY,
-                      timeout=300)
-    assert_one_line_error(changed, "model.name='mlp'", "model.name='simple_cnn'", "run.dir")
+    changed = run_start("train", "--config", "digits_resnet20", "model.name=simple_cnn", f"run.dir={run}", *TINY)
+    assert_only_line(changed, "model.name='mlp'", "model.name='simple_cnn'", "run.dir")
     after = sorted((p.relative_to(run), p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*"))
     assert after == before
 

@@ -235,16 +235,17 @@ def test_concurrent_commits_of_one_step_let_exactly_one_win(run_url, open_run):
 
 
 # Where a trial's kill lands: after a random delay, or while one request of the writer is held by GcsProxy until the
-# kill (its step is in the request's object name).
-KILL_MOMENTS = ("delay", "resume", "upload", "commit", "prune")
+# kill (its step is in the request's object name, but for TF's state file). Trials take them in turn.
+KILL_MOMENTS = ("delay", "resume", "upload", "state", "commit", "prune")
 
 
 @pytest.mark.slow  # about 35 s: 20 writer processes killed at chosen moments
 def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_bucket, tmp_path, caplog):
-    """A writer saving to gs:// in a loop is SIGKILLed at seeded random moments of seeded random kinds: after a random
+    """A writer saving to gs:// in a loop is SIGKILLed at seeded random moments of each kind in turn: after a random
     delay (anything: resuming, writing, uploading, committing, pruning), or while a proxy holds, until the kill, its
     listing of the checkpoints or download of the newest one (resuming), the data file of its k-th checkpoint
-    (uploading), that checkpoint's commit object (committing) or its k-th delete of an older checkpoint (pruning).
+    (uploading), its k-th upload of TF's state file (just before a commit object, or just after one), that
+    checkpoint's commit object (committing) or its k-th delete of an older checkpoint (pruning).
     After each kill a fresh store with an empty working copy must find a checkpoint that verifies and restores
     consistently, committed progress must never go backwards, and a kill while step N's upload or commit was held
     leaves exactly step N-1 as the newest commit (commits run in order, one at a time)."""
@@ -264,7 +265,7 @@ def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_b
     try:
         assert writers.stdout.readline().strip() == "ready"
         for trial in range(trials):
-            kind, nth, delay = rng.choice(KILL_MOMENTS), rng.randint(1, 3), rng.uniform(0.05, 1.5)
+            kind, nth, delay = KILL_MOMENTS[trial % len(KILL_MOMENTS)], rng.randint(1, 3), rng.uniform(0.05, 1.5)
             proxy = GcsProxy(gcs_server.endpoint)  # one per writer: after the kill nothing of it can reach the bucket
             # its working copy is empty: a resume downloads the newest checkpoint if there is one
             proxy.hold_checkpoint_moment(kind, nth, resume_downloads=last_step > 0)
@@ -296,10 +297,21 @@ def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_b
                 assert_holds(restored, found.step)
                 assert found.step >= last_step, f"a committed checkpoint was lost: {resumed_steps} then {found.step}"
                 last_step = found.step
-                # TF's state file names a checkpoint that is committed (it is rewritten before anything is pruned).
-                assert run.fetch("checkpoints/checkpoint")
+                # tf.train.latest_checkpoint works on the run: TF's state file exists once anything is committed
+                # (it goes up before each commit object: a "state" kill holds its upload), names the newest commit,
+                # and its newest entry restores consistently (committed, or about to be, with all files stored).
+                assert run.fetch("checkpoints/checkpoint"), f"a commit without TF's state file ({kind}: {held})"
                 state = tf.train.get_checkpoint_state(str(run.local / "checkpoints"))
-                assert step_of(state.model_checkpoint_path) in committed_steps(url)
+                named = [Path(p).name for p in state.all_model_checkpoint_paths]
+                assert Path(found.prefix).name in named, (named, found)
+                newest = Path(state.model_checkpoint_path).name
+                assert step_of(newest) >= found.step and newest == named[-1], (newest, named)
+                run.fetch(f"checkpoints/{newest}.index")
+                for data_file in open_storage(url).list(f"checkpoints/{newest}.data-"):
+                    run.fetch(data_file)
+                latest = make_checkpoint()
+                latest.read(str(run.local / "checkpoints" / newest)).assert_consumed()
+                assert_holds(latest, step_of(newest))
             resumed_steps.append(last_step)
             run.close(timeout=10)
     finally:

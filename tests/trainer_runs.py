@@ -23,6 +23,14 @@ def trainer_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def user_env(**extra: str) -> dict[str, str]:
+    """trainer_env as a user's terminal has it: TensorFlow's C++ log level not lowered, so anything printed after
+    TensorFlow's import shows."""
+    env = trainer_env(**extra)
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+    return env
+
+
 def job_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "job", *args]
 

@@ -1,0 +1,40 @@
+"""Every file name of a run directory, relative to the run's URL (a local path or gs:// prefix), in one place.
+
+No imports: modules that must answer before TensorFlow starts (status, compare, the preflight checks) use these names
+as much as the trainer does. Messages and templates may name the files in prose; code takes the constants from here.
+
+    config.yaml                  the run's effective config, written at the first start, checked at every resume
+    classes.json                 the class names, in label order (predict and serve need no dataset)
+    history.json                 per-epoch metrics and the record of every process start
+    status.json                  where the run is now (`python -m job status`)
+    checkpoints/                 TF checkpoint files, their commit objects, TF's state file (job/checkpoint.py)
+    logs/{train,validation,eval} TensorBoard event files
+    logs/trainer/                the trainer's own log, one file per process start
+    eval/metrics.json            the final evaluation; eval/report.txt its text form; eval/report.html the report
+    export/                      model.keras, model.h5, saved_model/, classes.json, model_card.json
+"""
+
+CONFIG_FILE = "config.yaml"
+CLASSES_FILE = "classes.json"  # in the run, and in export/ beside the exported model
+HISTORY_FILE = "history.json"
+STATUS_FILE = "status.json"
+
+CKPT_DIR = "checkpoints"
+CKPT_STATE_FILE = f"{CKPT_DIR}/checkpoint"  # TF's own state file: what tf.train.latest_checkpoint reads
+
+LOGS_DIR = "logs"
+TRAIN_LOGS = f"{LOGS_DIR}/train"
+VALIDATION_LOGS = f"{LOGS_DIR}/validation"
+EVAL_LOGS = f"{LOGS_DIR}/eval"
+TRAINER_LOG_DIR = f"{LOGS_DIR}/trainer"
+
+EVAL_DIR = "eval"
+METRICS_FILE = f"{EVAL_DIR}/metrics.json"
+REPORT_TEXT_FILE = f"{EVAL_DIR}/report.txt"
+REPORT_FILE = f"{EVAL_DIR}/report.html"
+
+EXPORT_DIR = "export"
+KERAS_FILE = f"{EXPORT_DIR}/model.keras"
+H5_FILE = f"{EXPORT_DIR}/model.h5"
+SAVED_MODEL_DIR = f"{EXPORT_DIR}/saved_model"
+MODEL_CARD_FILE = "model_card.json"  # in export/
