@@ -32,8 +32,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from job.commits import CKPT_DIR, commit_path, committed_steps
+from job.commits import commit_path, committed_steps
 from job.errors import UserError, first_line
+from job.layout import CKPT_DIR, CKPT_STATE_FILE
 from job.metrics import BEST_METRIC
 from job.rundir import RunDir
 from job.snapshot import Snapshot, SnapshotWriter
@@ -247,9 +248,9 @@ class CheckpointStore:
         lines = [f'model_checkpoint_path: "{prefixes[-1]}"']
         lines += [f'all_model_checkpoint_paths: "{p}"' for p in prefixes]
         text = ("\n".join(lines) + "\n").encode()
-        self.working.write_bytes(f"{CKPT_DIR}/checkpoint", text)
+        self.working.write_bytes(CKPT_STATE_FILE, text)
         if self.run.is_remote:
-            self.storage.write_bytes(f"{CKPT_DIR}/checkpoint", text)
+            self.storage.write_bytes(CKPT_STATE_FILE, text)
 
     def _forget_damaged(self, step: int) -> None:
         """Uncommit a checkpoint latest()/best() found damaged, and delete its files, so this run can write that step

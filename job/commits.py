@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
+from job.layout import CKPT_DIR
 from job.storage import Storage
 
-CKPT_DIR = "checkpoints"
 _COMMIT_RE = re.compile(rf"{CKPT_DIR}/ckpt-(\d+)\.commit\.json")
 
 

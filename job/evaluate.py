@@ -3,23 +3,29 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from job import data as datalib
+from job.layout import EVAL_DIR, METRICS_FILE
+from job.layout import REPORT_TEXT_FILE as REPORT_FILE
 from job.metrics import batch_sums, rates
 
 log = logging.getLogger("job")
 
-METRICS_FILE = "eval/metrics.json"
-REPORT_FILE = "eval/report.txt"
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled forward pass
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The model's float32 logits of `images` (inference mode), batch by batch; one compiled function per model."""
+    if model not in _COMPILED:
+        _COMPILED[model] = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                                       reduce_retracing=True)
+    predict = _COMPILED[model]
     dataset = datalib.eval_dataset(images, np.zeros(len(images), np.int32), batch_size)
-    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
     return np.concatenate([predict(x).numpy() for x, _ in dataset]) if len(images) else np.zeros((0, 0))
 
 
@@ -96,16 +102,19 @@ def confusion_image(confusion: np.ndarray) -> np.ndarray:
     return (rgb[None] * 255).astype(np.uint8)
 
 
-def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: str = "final") -> dict[str, Any]:
-    """Evaluate `model` on the test set, write the reports into the run, print the table, return the metrics."""
-    logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: str = "final",
+                       logits: np.ndarray | None = None) -> dict[str, Any]:
+    """Evaluate `model` on the test set (or its test-set `logits`, when predicted already), write the reports into
+    the run, print the table, return the metrics."""
+    if logits is None:
+        logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
     metrics = compute_metrics(splits.y_test, logits, splits.class_names,
                               splits.fine_to_coarse if cfg.data.label_mode == "fine" else None,
                               splits.coarse_names)
     metrics.update({"step": int(step), "checkpoint": label, "model": cfg.model.name, "dataset": cfg.data.name})
     title = f"Evaluation of {cfg.model.name} on the {cfg.data.name} test set (step {step}, {label} weights)"
     summary = format_report(metrics, title)
-    (run.local / "eval").mkdir(parents=True, exist_ok=True)
+    (run.local / EVAL_DIR).mkdir(parents=True, exist_ok=True)
     (run.local / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     (run.local / REPORT_FILE).write_text(summary + "\n" + format_per_class(metrics))
     run.publish(METRICS_FILE)

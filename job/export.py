@@ -18,15 +18,11 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-from job.inference import CLASSES_FILE, MODEL_CARD_FILE
+from job.layout import CLASSES_FILE, EXPORT_DIR, H5_FILE, KERAS_FILE, MODEL_CARD_FILE, SAVED_MODEL_DIR
 from job.rundir import RunDir
 
 log = logging.getLogger("job")
 
-EXPORT_DIR = "export"
-KERAS_FILE = f"{EXPORT_DIR}/model.keras"
-H5_FILE = f"{EXPORT_DIR}/model.h5"
-SAVED_MODEL_DIR = f"{EXPORT_DIR}/saved_model"
 CARD_MARKDOWN = f"{EXPORT_DIR}/MODEL_CARD.md"
 SIGNATURES = ("serving_default", "serving_uint8")
 PREPROCESSING = ("decode (PNG, JPEG, WebP, BMP, GIF first frame, TIFF), turn upright by EXIF, 8-bit RGB "

@@ -1,23 +1,27 @@
-"""The training loop: one loop for every backend, resumable at any step; everything around the step is a hook.
+"""The training loop: one loop for every backend, resumable at any step; everything around the step is a hook
+(job/hooks/base.py: the events, the read-only State hooks see, and the Stop and Save they may return).
 
 Resuming exactly needs only the global step: the epoch is step // steps_per_epoch, the data order and augmentation of
-an epoch are pure functions of (seed, epoch, batch index), and model, optimizer and RNG state are in the checkpoint.
+an epoch are pure functions of (seed, epoch, batch index), and model, optimizer and RNG state are in the checkpoint,
+with the best validation top-1 and the epochs since it improved, which the loop keeps.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
+import types
 from collections.abc import Callable
 
 import tensorflow as tf
 
 from job import data as datalib
 from job.builder import RunParts
-from job.hooks.base import Hook
-from job.metrics import SUM_KEYS, interval_stats, rates, validation_metrics, zero_sums
+from job.hooks.base import Event, Hook, RunInfo, Save, State, Stop
+from job.metrics import BEST_METRIC, SUM_KEYS, interval_stats, rates, validation_metrics, zero_sums
 from job.models.assembly import is_transfer, set_phase
 from job.step import eval_step, make_multi_step, make_train_step
-from job.stopping import FINISH, StopRequest
+from job.stopping import StopRequest
 
 log = logging.getLogger("job")
 
@@ -27,7 +31,12 @@ FINISHED, STOPPED, PREEMPTED = "finished", "stopped", "preempted"
 class Loop:
     def __init__(self, parts: RunParts, hooks: list[Hook], stop: StopRequest):
         self.parts, self.cfg, self.hooks, self.stop = parts, parts.cfg, hooks, stop
-        self._step_hooks = [h for h in hooks if type(h).on_step_end is not Hook.on_step_end]
+        self._step_hooks = [h for h in hooks if h.every_steps > 0]
+        backend = parts.backend
+        self.info = RunInfo(cfg=parts.cfg, url=parts.run.url, local=parts.run.local,
+                            steps_per_epoch=parts.steps_per_epoch, total_epochs=parts.total_epochs,
+                            total_steps=parts.total_steps, worker_index=backend.worker_index,
+                            num_workers=backend.num_workers, is_chief=backend.is_chief)
         self.step = parts.step  # counted on the host from now on: reading the variable every step is a sync
         self.saved_step = -1
         # Converted once: converting the arrays every epoch re-traces the pipeline and grows memory by the dataset's
@@ -43,7 +52,7 @@ class Loop:
         self._instrument: Callable = lambda step_fn: step_fn
         self._first_step_done = False
 
-    # --- what hooks use ------------------------------------------------------------------------------------------
+    # --- what the loop and the benchmarks use ---------------------------------------------------------------------
     def save(self, metrics: dict | None = None) -> None:
         """Checkpoint the current step now (every worker must call this at the same step)."""
         self.saved_step = self.step
@@ -54,10 +63,7 @@ class Loop:
             # Collective-backed variables need every worker to take part in reading them; only the chief writes.
             parts.store.snapshots(parts.checkpoint).take()
         # Includes any wait for the previous save's background write (job/snapshot.py logs it).
-        self._emit("on_checkpoint_saved", self.step, time.perf_counter() - started)
-
-    def request_stop(self, reason: str, kind: str = FINISH) -> None:
-        self.stop.request(reason, kind)
+        self._emit(Event.CHECKPOINT_SAVED, saved_step=self.step, blocking_seconds=time.perf_counter() - started)
 
     def learning_rate(self) -> float:
         lr = self.parts.optimizer.learning_rate
@@ -75,7 +81,7 @@ class Loop:
         """Train until the last epoch or an agreed stop; the last step is saved. Returns the outcome."""
         parts = self.parts
         self.saved_step = self.step if restored else -1
-        self._emit("on_train_start")
+        self._emit(Event.TRAIN_START)
         while self.step < parts.total_steps:
             self.stop.settle(parts.backend)  # requests made between steps (epoch-end hooks, a signal meanwhile)
             if self.stop:
@@ -85,17 +91,18 @@ class Loop:
             if self.stop:
                 break
             validation = self.validate()
-            self._emit("on_epoch_end", epoch, train, validation)
+            self._track_best(validation)
+            self._emit(Event.EPOCH_END, epoch=epoch, train=train, validation=validation)
             self.save(validation)
         if self.saved_step != self.step:
             self.save()  # every worker takes part; a run resumed at its very end has nothing new to save
         return PREEMPTED if self.stop.preempted else STOPPED if self.stop else FINISHED
 
     def end(self, outcome: str, evaluation: dict | None = None) -> None:
-        self._emit("on_train_end", outcome, evaluation)
+        self._emit(Event.TRAIN_END, outcome=outcome, stop_reason=self.stop.reason or None, evaluation=evaluation)
 
     def fail(self, error: BaseException) -> None:
-        self._emit("on_failure", error)
+        self._emit(Event.FAILURE, error=error)
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
         """The steps left in `epoch`, or fewer if a stop is agreed; returns the train metrics of the steps run."""
@@ -109,7 +116,7 @@ class Loop:
             return ds.take(parts.steps_per_epoch - first)
 
         dataset = parts.backend.distribute_dataset(dataset_fn, cfg.train.batch_size)
-        self._emit("on_epoch_start", epoch)
+        self._emit(Event.EPOCH_START, epoch=epoch)
         log_every = cfg.run.log_every_steps or max(1, min(100, parts.steps_per_epoch // 4))
         epoch_sums, epoch_start = zero_sums(), time.perf_counter()
         interval_start, interval_steps = epoch_start, 0
@@ -131,19 +138,20 @@ class Loop:
                 self.stop.agree(previous_votes)
             if not self._first_step_done:
                 self._first_step_done = True
-                self._emit("on_first_step", batch)
+                self._emit(Event.FIRST_STEP, batch=batch)
             interval_steps += count
             if interval_steps % log_every == 0 or self.step % parts.steps_per_epoch == 0 or self.stop:
                 sums = self._read_sums()
                 for key in SUM_KEYS:
                     epoch_sums[key] += sums[key]
                 stats = interval_stats(sums, time.perf_counter() - interval_start, interval_steps)
-                self._emit("on_interval_end", {**stats, "lr": self.learning_rate(), "steps": interval_steps})
+                self._emit(Event.INTERVAL_END, train={**stats, "lr": self.learning_rate(), "steps": interval_steps})
                 interval_start, interval_steps = time.perf_counter(), 0
             if self.stop:
                 break
             for hook in self._step_hooks:
-                hook.on_step_end(self, self.step)
+                if self.step % hook.every_steps == 0:
+                    self._act(hook, hook.handle(self._state(Event.STEP)), Event.STEP)
         if votes is not None:
             self.stop.agree(votes)  # the last step's: there was no next step to read them during
         elapsed = time.perf_counter() - epoch_start
@@ -163,9 +171,45 @@ class Loop:
         return validation_metrics(backend.all_reduce_sum(sums))
 
     # --- internals -----------------------------------------------------------------------------------------------
-    def _emit(self, event: str, *args) -> None:
+    def _state(self, event: Event, **fields) -> State:
+        state = self.parts.state
+        best = float(state.best_val_top1.numpy())
+        for key in ("train", "validation", "evaluation"):
+            if fields.get(key) is not None:
+                fields[key] = types.MappingProxyType(dict(fields[key]))  # read-only, and a copy
+        epoch = fields.pop("epoch", min(self.step // self.parts.steps_per_epoch, self.parts.total_epochs - 1))
+        return State(event=event, run=self.info, step=self.step, epoch=epoch, lr=self.learning_rate(),
+                     best_val_top1=best if best >= 0 else None,
+                     epochs_without_improvement=int(state.epochs_without_improvement.numpy()), **fields)
+
+    def _emit(self, event: Event, **fields) -> None:
+        state = self._state(event, **fields)
         for hook in self.hooks:
-            getattr(hook, event)(self, *args)
+            self._act(hook, hook.handle(state), event)
+
+    def _act(self, hook: Hook, action, event: Event) -> None:
+        """What a hook returned: a stop request, a save, or nothing."""
+        if action is None:
+            return
+        if isinstance(action, Stop):
+            self.stop.request(action.reason, action.kind)
+        elif isinstance(action, Save) and event in (Event.STEP, Event.INTERVAL_END, Event.EPOCH_END):
+            self.save(dict(action.metrics) if action.metrics else None)
+        else:
+            raise TypeError(f"{type(hook).__name__} returned {action!r} at {event.value}; hooks return Stop(...), "
+                            f"Save() (at step, interval and epoch events) or None")
+
+    def _track_best(self, validation: dict | None) -> None:
+        """The best validation top-1 so far and the epochs since it improved: in the checkpoint, so a resume goes on
+        counting (early stopping, the tuner's objective and best-checkpoint selection read them)."""
+        if not validation or not math.isfinite(validation[BEST_METRIC]):
+            return
+        state = self.parts.state
+        if validation[BEST_METRIC] > state.best_val_top1.numpy():
+            state.best_val_top1.assign(validation[BEST_METRIC])
+            state.epochs_without_improvement.assign(0)
+        else:
+            state.epochs_without_improvement.assign_add(1)
 
     def _set_phase(self, epoch: int) -> None:
         phase = 1 if epoch < self.cfg.train.epochs else 2
@@ -184,11 +228,12 @@ class Loop:
 
     def _call_length(self, steps_left: int, interval_steps: int, log_every: int) -> int:
         """Steps in the next call: train.steps_per_call, but never past the epoch's end, the next metrics read or the
-        next periodic checkpoint, so everything that happens at a step happens at the step it would with one step
-        per call (step hooks run once per call, at its last step)."""
+        next step a step hook asked for (the periodic checkpoint is one), so everything that happens at a step happens
+        at the step it would with one step per call."""
         count = min(self.cfg.train.steps_per_call, steps_left, log_every - interval_steps % log_every)
-        every = self.cfg.checkpoint.every_steps
-        return max(1, min(count, every - self.step % every))
+        for hook in self._step_hooks:
+            count = min(count, hook.every_steps - self.step % hook.every_steps)
+        return max(1, count)
 
     def _read_sums(self) -> dict[str, float]:
         values = {k: float(v.numpy()) for k, v in self.sums.items()}

@@ -18,8 +18,8 @@ import traceback
 from pathlib import Path
 
 from job.errors import UserError, first_line
+from job.layout import TRAINER_LOG_DIR as LOG_DIR
 
-LOG_DIR = "logs/trainer"
 _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
 _EARLY_LIMIT = 2000  # records kept before the file opens; a worker that never opens one must not grow without end
 _logger = logging.getLogger("job")

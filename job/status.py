@@ -13,12 +13,12 @@ from typing import Any
 
 from job.commits import commit_path, committed_steps
 from job.errors import StorageUnavailableError, UserError, first_line
+from job.layout import CONFIG_FILE, METRICS_FILE, STATUS_FILE
+from job.layout import TRAINER_LOG_DIR as LOG_DIR
+from job.records import LOST, duration, outcome_of
 from job.storage import Storage, open_storage
 
-STATUS_FILE = "status.json"  # the same names as job/hooks/status.py, job/evaluate.py and job/runlog.py, which
-METRICS_FILE = "eval/metrics.json"  # import TensorFlow-dependent modules or are not needed here
-LOG_DIR = "logs/trainer"
-CONFIG_FILE = "config.yaml"
+LOST_MEANING = "lost (no final record: killed, or its node went away)"
 STALE_FLUSHES = 3  # a record older than this many flush intervals on an unfinished run: no heartbeat,
 STALE_MIN_SECONDS = 10.0  # but never sooner: uploads queue behind checkpoints, and tiny intervals (tests) jitter
 _ENDED = ("finished", "stopped", "preempted", "failed")
@@ -112,19 +112,6 @@ def _newest_checkpoint(storage: Storage, now: float) -> dict | None:
 
 # ----------------------------------------------------------------------------------------------------------- text
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600:02d} h"
-
-
 def _clock(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
@@ -169,7 +156,8 @@ def format_status(s: dict[str, Any]) -> str:
     if s.get("start_count"):
         lines.append(f"starts     {s['start_count']} (the newest last)")
         for start in s.get("starts", [])[-5:]:
-            ended = f", ended {start['ended']}" if "ended" in start else ""
+            outcome = outcome_of(start)
+            ended = f", ended {LOST_MEANING if outcome == LOST else outcome}" if outcome else ""
             lines.append(f"           {_clock(start['started_at'])} on {start.get('host')} pid {start.get('pid')} "
                          f"from step {start.get('step')}{ended}")
     if s.get("updated_at"):

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from job import data as datalib
 from job.config import Config
+from job.layout import EVAL_LOGS, LOGS_DIR, TRAIN_LOGS, VALIDATION_LOGS
 from job.rundir import RunDir
 
 
@@ -13,11 +14,10 @@ class SummaryWriters:
 
     def __init__(self, run: RunDir, cfg: Config):
         flush_ms = int(cfg.run.summary_flush_seconds * 1000)
-        logs = run.local / "logs"
-        self.train = tf.summary.create_file_writer(str(logs / "train"), flush_millis=flush_ms)
-        self.val = tf.summary.create_file_writer(str(logs / "validation"), flush_millis=flush_ms)
-        self.eval = tf.summary.create_file_writer(str(logs / "eval"), flush_millis=flush_ms)
-        run.watch("logs")
+        self.train = tf.summary.create_file_writer(str(run.local / TRAIN_LOGS), flush_millis=flush_ms)
+        self.val = tf.summary.create_file_writer(str(run.local / VALIDATION_LOGS), flush_millis=flush_ms)
+        self.eval = tf.summary.create_file_writer(str(run.local / EVAL_LOGS), flush_millis=flush_ms)
+        run.watch(LOGS_DIR)
 
     def log_train(self, step: int, stats: dict[str, float]) -> None:
         """`stats`: an interval's figures (job.metrics.interval_stats plus the learning rate `lr`)."""

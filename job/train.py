@@ -8,7 +8,7 @@ from job.builder import RunParts, build_run
 from job.config import Config
 from job.data import Splits
 from job.errors import EXIT_OK, EXIT_PREEMPTED
-from job.evaluate import evaluate_and_store
+from job.evaluate import evaluate_and_store, predict_logits
 from job.export import export_model
 from job.hooks import Hook, default_hooks
 from job.loop import PREEMPTED, Loop
@@ -42,11 +42,7 @@ def train(cfg: Config, extra_hooks: list[Hook] = (), splits: Splits | None = Non
             return EXIT_PREEMPTED
 
         backend.barrier()
-        evaluation = None
-        if backend.is_chief:
-            evaluation = evaluate_and_store(run, cfg, parts.model, parts.splits, step=loop.step,
-                                            writer=parts.writers.eval if parts.writers else None)
-            export_model(run, cfg, parts.model, parts.splits.class_names, evaluation)  # the card has the metrics
+        evaluation = _finish(parts, loop.step) if backend.is_chief else None
         loop.end(outcome, evaluation)
         run.close(cfg.checkpoint.upload_timeout_seconds)
         backend.shutdown()
@@ -58,6 +54,23 @@ def train(cfg: Config, extra_hooks: list[Hook] = (), splits: Splits | None = Non
         if not run_closed(parts.run, min(60.0, cfg.checkpoint.upload_timeout_seconds)):
             log.warning("could not store everything in %s after the error", parts.run.url)
         raise
+
+
+def _finish(parts: RunParts, step: int) -> dict:
+    """The chief's end of a run: the test set predicted once, its evaluation stored, the exports (the model card has
+    the metrics) and the report from the same predictions. Returns the evaluation."""
+    from job.report.build import write_report  # matplotlib: imported when needed, not at every start
+
+    cfg, run, model, splits = parts.cfg, parts.run, parts.model, parts.splits
+    logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+    evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=logits,
+                                    writer=parts.writers.eval if parts.writers else None)
+    export_model(run, cfg, model, splits.class_names, evaluation)
+    try:
+        write_report(run, cfg, model, splits, step=step, weights="final", logits=logits)
+    except Exception:  # noqa: BLE001 - the run's results are stored by now; the report can be made again
+        log.exception("could not make the report; make it again with `python -m job report --run-dir %s`", run.url)
+    return evaluation
 
 
 def run_closed(run, timeout: float) -> bool:

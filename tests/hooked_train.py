@@ -2,7 +2,8 @@
 
     python tests/hooked_train.py --events DIR [--stop-at-step N] -- TRAIN ARGS...
 
-- a recorder: every event of the hook interface, in order, one JSON line each, in DIR/events-<worker index>.jsonl;
+- a recorder: every event of the hook interface with its state, in order, one JSON line each, in
+  DIR/events-<worker index>.jsonl (step events every --record-every-steps N steps);
 - with --stop-at-step N: on the chief alone, a request to finish the run after step N (as a tuner's pruning would
   ask), so the other workers stop only because the request reached them;
 - with --hold-write N: the background write of checkpoint ckpt-N is held half-done (its data in <prefix>_temp/, no
@@ -22,53 +23,45 @@ import threading
 from pathlib import Path
 
 from job.cli import build_parser, setup_logging
-from job.hooks import Hook
+from job.hooks import Hook, Stop
 
 
 class Recorder(Hook):
-    def __init__(self, folder: Path):
+    """Records every event with the state it came with (the batch and the config left out), one JSON line each."""
+
+    def __init__(self, folder: Path, every_steps: int = 0):
         self.folder = folder
+        self.every_steps = every_steps
         self.lines: list[dict] = []
 
-    def _record(self, loop, event: str, **details) -> None:
-        self.lines.append({"event": event, "step": loop.step, **details})
+    def _record(self, state) -> None:
+        line = {"event": state.event.value, "step": state.step, "epoch": state.epoch, "lr": state.lr,
+                "best_val_top1": state.best_val_top1, "epochs_without_improvement": state.epochs_without_improvement,
+                "train": dict(state.train) if state.train else None,
+                "validation": dict(state.validation) if state.validation else None,
+                "saved_step": state.saved_step, "outcome": state.outcome,
+                "evaluated": state.evaluation is not None, "has_batch": state.batch is not None}
+        self.lines.append(line)
 
-    def on_train_start(self, loop):
-        self._record(loop, "train_start")
+    on_train_start = on_epoch_start = on_first_step = on_step = on_interval_end = on_epoch_end = _record
+    on_checkpoint_saved = _record
 
-    def on_epoch_start(self, loop, epoch):
-        self._record(loop, "epoch_start", epoch=epoch)
-
-    def on_first_step(self, loop, batch):
-        self._record(loop, "first_step")
-
-    def on_step_end(self, loop, step):
-        self._record(loop, "step_end")
-
-    def on_interval_end(self, loop, stats):
-        self._record(loop, "interval_end", steps=stats["steps"], loss=stats["loss"])
-
-    def on_epoch_end(self, loop, epoch, train, validation):
-        self._record(loop, "epoch_end", epoch=epoch, train_loss=train["loss"],
-                     val_top1=validation["val_top1"] if validation else None)
-
-    def on_checkpoint_saved(self, loop, step, blocking_seconds):
-        self._record(loop, "checkpoint_saved", saved=step, blocking=blocking_seconds)
-
-    def on_train_end(self, loop, outcome, evaluation):
-        self._record(loop, "train_end", outcome=outcome, evaluated=evaluation is not None)
+    def on_train_end(self, state):
+        self._record(state)
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"events-{loop.parts.backend.worker_index}.jsonl"
+        path = self.folder / f"events-{state.run.worker_index}.jsonl"
         path.write_text("".join(json.dumps(line) + "\n" for line in self.lines))
 
 
 class StopAtStep(Hook):
     def __init__(self, step: int):
+        self.every_steps = step
         self.step = step
 
-    def on_step_end(self, loop, step):
-        if step == self.step and loop.parts.backend.is_chief:
-            loop.request_stop(f"test hook at step {step}")
+    def on_step(self, state):
+        if state.step == self.step and state.run.is_chief:
+            return Stop(f"test hook at step {state.step}")
+        return None
 
 
 def hold_checkpoint_write(step: int, release_after_sigterm: bool) -> None:
@@ -105,12 +98,14 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", required=True, type=Path)
     parser.add_argument("--stop-at-step", type=int, default=0)
+    parser.add_argument("--record-every-steps", type=int, default=0, help="the recorder's step events")
     parser.add_argument("--hold-write", type=int, default=0)
     parser.add_argument("--release-after-sigterm", action="store_true")
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    hooks = [Recorder(args.events)] + ([StopAtStep(args.stop_at_step)] if args.stop_at_step else [])
+    hooks = [Recorder(args.events, args.record_every_steps)]
+    hooks += [StopAtStep(args.stop_at_step)] if args.stop_at_step else []
 
     train = build_parser().parse_args(["train", *train_args])  # the train command's own arguments
     setup_logging()

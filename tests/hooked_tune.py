@@ -12,23 +12,39 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 
 from job.cli import build_parser, setup_logging
-from job.hooks import Hook
+from job.commits import committed_steps
+from job.hooks import Hook, Save
+from job.storage import open_storage
 
 
 class HoldAfterCheckpoint(Hook):
+    """Saves at step N, waits until that checkpoint's commit object is stored, announces it and holds forever."""
+
     def __init__(self, step: int):
+        self.every_steps = step  # a step event at step N whatever train.steps_per_call is
         self.step = step
         self.held = False
 
-    def on_step_end(self, loop, step):
-        if step == self.step and not self.held:
-            self.held = True
-            loop.save()
-            loop.parts.run.flush(60.0)  # the commit object is stored: the checkpoint exists
-            print(f"HELD {loop.parts.run.url} at step {step}", flush=True)
-            threading.Event().wait()
+    def on_step(self, state):
+        if state.step == self.step and not self.held:
+            return Save()
+        return None
+
+    def on_checkpoint_saved(self, state):
+        if state.saved_step != self.step or self.held:
+            return
+        self.held = True
+        storage = open_storage(state.run.url)
+        deadline = time.monotonic() + 60.0
+        while self.step not in committed_steps(storage):  # the commit object is stored: the checkpoint exists
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"checkpoint {self.step} of {state.run.url} was not committed within 60 s")
+            time.sleep(0.05)
+        print(f"HELD {state.run.url} at step {self.step}", flush=True)
+        threading.Event().wait()
 
 
 def main() -> int:

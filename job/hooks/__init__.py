@@ -3,18 +3,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from job.hooks.base import Hook
+from job.hooks.base import Event, Hook, RunInfo, Save, State, Stop
 from job.hooks.guards import DivergenceGuard, EarlyStopping, PeriodicCheckpoint
 from job.hooks.history import HistoryHook
 from job.hooks.progress import ProgressHook
-from job.hooks.report import ReportHook
 from job.hooks.status import StatusHook
 from job.hooks.tensorboard import TensorBoardHook
 
 if TYPE_CHECKING:
     from job.builder import RunParts
 
-__all__ = ["Hook", "default_hooks"]
+__all__ = ["Event", "Hook", "RunInfo", "Save", "State", "Stop", "default_hooks"]
 
 
 def default_hooks(parts: RunParts) -> list[Hook]:
@@ -27,5 +26,5 @@ def default_hooks(parts: RunParts) -> list[Hook]:
     hooks += [DivergenceGuard(), EarlyStopping(cfg.train.early_stopping_patience),
               PeriodicCheckpoint(cfg.checkpoint.every_steps, parts.steps_per_epoch)]
     hooks += [StatusHook(parts)] if parts.backend.is_chief else []  # status.json and the log in the run
-    hooks += [HistoryHook(parts), ReportHook()] if parts.backend.is_chief else []  # history.json, eval/report.html
+    hooks += [HistoryHook(parts)] if parts.backend.is_chief else []  # history.json
     return hooks

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
 from typing import Any
 
 from job.errors import first_line
 from job.hooks.base import Hook
+from job.layout import HISTORY_FILE
 from job.models.assembly import NETWORK_LAYER
+from job.records import end_start, json_number, new_start
 
 log = logging.getLogger("job")
 
-HISTORY_FILE = "history.json"
 FORMAT = 1
 
 
@@ -40,6 +39,7 @@ class HistoryHook(Hook):
 
     def __init__(self, parts):
         self.run = parts.run
+        self.batches = parts.batches
         self.steps_per_epoch = parts.steps_per_epoch
         self.record: dict[str, Any] = {
             "format": FORMAT, "steps_per_epoch": parts.steps_per_epoch, "total_epochs": parts.total_epochs,
@@ -52,49 +52,45 @@ class HistoryHook(Hook):
                 self.record[key] = [e for e in previous[key] if isinstance(e, dict)]
 
     # --- events --------------------------------------------------------------------------------------------------
-    def on_train_start(self, loop):
-        step = loop.step
+    def on_train_start(self, state):
+        step, cfg = state.step, state.run.cfg
         # Epochs that end after the resumed step were not committed: they are trained again and recorded anew.
         self.record["epochs"] = [e for e in self.record["epochs"]
                                  if int(e.get("epoch", 0)) * self.steps_per_epoch <= step]
-        now = time.time()
-        batches = loop.parts.batches.record()
+        batches = self.batches.record()
         previous = self.record["starts"][-1] if self.record["starts"] else {}
         changed = {k: (previous[k], v) for k, v in batches.items() if k in previous and previous[k] != v}
         if changed:  # resumed on other capacity: same global batch, split differently
             log.info("resumed with %s where the last start had %s; the global batch, data order and schedule are "
                      "unchanged (%s)", ", ".join(f"{k}={new}" for k, (_, new) in changed.items()),
-                     ", ".join(f"{k}={old}" for k, (old, _) in changed.items()), loop.parts.batches.describe())
-        self.record["starts"].append({"started_at": now, "step": step, "epoch": step / self.steps_per_epoch,
-                                      "host": socket.gethostname(), "pid": os.getpid(), "last_at": now, **batches,
-                                      "precision": loop.cfg.train.precision, "xla": loop.cfg.train.jit_compile})
+                     ", ".join(f"{k}={old}" for k, (old, _) in changed.items()), self.batches.describe())
+        self.record["starts"].append(new_start(step, self.steps_per_epoch, **batches,
+                                               precision=cfg.train.precision, xla=cfg.train.jit_compile))
         self._write()
 
-    def on_epoch_end(self, loop, epoch, train, validation):
+    def on_epoch_end(self, state):
         now = time.time()
-        start = self.record["starts"][-1]
-        entry = {"epoch": epoch + 1, "step": loop.step,
-                 **{f"train_{k}": _number(train[k]) for k in ("loss", "top1", "top5") if k in train},
-                 **{k: _number(v) for k, v in (validation or {}).items()},
-                 "lr": _number(loop.learning_rate()),
-                 "images_per_second": _number(train.get("images_per_second", float("nan"))),
-                 "train_steps": loop.step - max(start["step"], epoch * self.steps_per_epoch),
-                 "epoch_seconds": _number(now - max(start["last_at"], start["started_at"])),
+        start, epoch, train = self.record["starts"][-1], state.epoch, state.train
+        entry = {"epoch": epoch + 1, "step": state.step,
+                 **{f"train_{k}": json_number(train[k]) for k in ("loss", "top1", "top5") if k in train},
+                 **{k: json_number(v) for k, v in (state.validation or {}).items()},
+                 "lr": json_number(state.lr),
+                 "images_per_second": json_number(train.get("images_per_second", float("nan"))),
+                 "train_steps": state.step - max(start["step"], epoch * self.steps_per_epoch),
+                 "epoch_seconds": json_number(now - max(start["last_at"], start["started_at"])),
                  "time": now, "start": len(self.record["starts"]) - 1}
         self.record["epochs"] = sorted([e for e in self.record["epochs"] if e.get("epoch") != epoch + 1] + [entry],
                                        key=lambda e: e["epoch"])
         start["last_at"] = now
         self._write()
 
-    def on_train_end(self, loop, outcome, evaluation):
-        start = self.record["starts"][-1]
-        start.update(last_at=time.time(), outcome=outcome, end_step=loop.step)
+    def on_train_end(self, state):
+        end_start(self.record["starts"][-1], state.outcome, state.step)
         self._write()
 
-    def on_failure(self, loop, error: BaseException) -> None:
-        """Called by job/train.py when an exception ends the run."""
+    def on_failure(self, state):
         if self.record["starts"]:
-            self.record["starts"][-1].update(last_at=time.time(), outcome="failed", end_step=loop.step)
+            end_start(self.record["starts"][-1], "failed", state.step)
             self._write()
 
     # --- internals -----------------------------------------------------------------------------------------------
@@ -113,9 +109,3 @@ def _parameters(model) -> dict[str, int]:
         network = model
     count = lambda weights: int(sum(math.prod(w.shape) for w in weights))  # noqa: E731
     return {"parameters": count(network.weights), "trainable_parameters": count(network.trainable_weights)}
-
-
-def _number(value) -> float | None:
-    """JSON has no NaN or infinity (a diverged loss): those are stored as null."""
-    value = float(value)
-    return round(value, 6) if math.isfinite(value) else None

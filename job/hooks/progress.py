@@ -57,23 +57,26 @@ class ProgressHook(Hook):
         self.enabled = enabled
         self.progress: EpochProgress | None = None
 
-    def on_epoch_start(self, loop, epoch):
-        self.progress = EpochProgress(epoch + 1, loop.parts.total_epochs, loop.parts.steps_per_epoch,
-                                      loop.step - epoch * loop.parts.steps_per_epoch, enabled=self.enabled)
+    def on_epoch_start(self, state):
+        run = state.run
+        self.progress = EpochProgress(state.epoch + 1, run.total_epochs, run.steps_per_epoch,
+                                      state.step - state.epoch * run.steps_per_epoch, enabled=self.enabled)
 
-    def on_interval_end(self, loop, stats):
+    def on_interval_end(self, state):
+        stats = state.train
         self.progress.update(stats["steps"], loss=stats["loss"], top1=stats["top1"], lr=stats["lr"],
                              images_per_second=stats["images_per_second"])
 
-    def on_epoch_end(self, loop, epoch, train, validation):
+    def on_epoch_end(self, state):
         self.progress.close()
-        log.info("epoch %d/%d  step %d  loss %.4f  top-1 %.4f  top-5 %.4f  %.0f img/s", epoch + 1,
-                 loop.parts.total_epochs, loop.step, train["loss"], train["top1"], train["top5"],
+        train, validation = state.train, state.validation
+        log.info("epoch %d/%d  step %d  loss %.4f  top-1 %.4f  top-5 %.4f  %.0f img/s", state.epoch + 1,
+                 state.run.total_epochs, state.step, train["loss"], train["top1"], train["top5"],
                  train["images_per_second"])
         if validation:
-            log.info("epoch %d validation: loss %.4f  top-1 %.4f  top-5 %.4f", epoch + 1, validation["val_loss"],
-                     validation["val_top1"], validation["val_top5"])
+            log.info("epoch %d validation: loss %.4f  top-1 %.4f  top-5 %.4f", state.epoch + 1,
+                     validation["val_loss"], validation["val_top1"], validation["val_top5"])
 
-    def on_train_end(self, loop, outcome, evaluation):
+    def on_train_end(self, state):
         if self.progress is not None:
             self.progress.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import copy
 import logging
-import math
 import os
 import socket
 import threading
@@ -21,12 +20,13 @@ from typing import Any
 
 from job.errors import UserError, first_line
 from job.hooks.base import Hook
+from job.layout import STATUS_FILE, TRAINER_LOG_DIR
 from job.proc import start_time
-from job.runlog import LOG_DIR, RunLog
+from job.records import end_start, json_number, mark_lost, new_start
+from job.runlog import RunLog
 
 log = logging.getLogger("job")
 
-STATUS_FILE = "status.json"
 FORMAT = 1
 RUNNING, FAILED = "running", "failed"  # besides the loop's outcomes: finished, stopped, preempted
 _KEPT_STARTS = 100  # the start count goes on; the list keeps the newest
@@ -39,7 +39,7 @@ class StatusHook(Hook):
         self.flush_seconds = parts.cfg.run.summary_flush_seconds
         self.started = start_time()
         self.runlog = RunLog.open(parts.run.local, self.started)
-        self.run.watch(LOG_DIR)  # the log goes up as it grows, at the flush cadence
+        self.run.watch(TRAINER_LOG_DIR)  # the log goes up as it grows, at the flush cadence
         self._lock = threading.Lock()  # the record: events on the training thread, writes on the heartbeat's
         self._write_lock = threading.Lock()  # the file: both threads write it
         self._stop = threading.Event()
@@ -47,8 +47,9 @@ class StatusHook(Hook):
         self._samples: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic, step)
         previous = self.run.read_record(STATUS_FILE)  # downloaded for a remote run: a new pod's copy is empty
         starts = previous.get("starts", []) if isinstance(previous.get("starts"), list) else []
-        if starts and "ended" not in starts[-1]:  # the previous process never wrote its end: killed or lost
-            starts[-1]["ended"] = "lost (no final record: killed, or its node went away)"
+        mark_lost(starts)  # the previous process never wrote its end: killed or lost
+        start = new_start(parts.step, parts.steps_per_epoch, log=self.runlog.relpath)
+        start["started_at"] = self.started  # the process's own start, imports included
         self.record: dict[str, Any] = {
             "format": FORMAT, "phase": RUNNING, "reason": "starting",
             "step": parts.step, "epoch": parts.step // parts.steps_per_epoch + 1, "total_epochs": parts.total_epochs,
@@ -59,55 +60,57 @@ class StatusHook(Hook):
             "images_per_second": None, "steps_per_second": None, "train": previous.get("train"),
             "validation": previous.get("validation"),
             "start_count": int(previous.get("start_count", 0)) + 1,
-            "starts": (starts + [{"started_at": self.started, "host": socket.gethostname(), "pid": os.getpid(),
-                                  "step": parts.step, "log": self.runlog.relpath}])[-_KEPT_STARTS:],
+            "starts": (starts + [start])[-_KEPT_STARTS:],
             "host": socket.gethostname(), "pid": os.getpid(), "log": self.runlog.relpath,
             "flush_seconds": self.flush_seconds, "updated_at": None,
         }
         self._write()
 
     # --- events --------------------------------------------------------------------------------------------------
-    def on_train_start(self, loop):
-        self._update(phase=RUNNING, reason="training", step=loop.step)
+    def on_train_start(self, state):
+        self._update(phase=RUNNING, reason="training", step=state.step)
         self._write()
         self._thread = threading.Thread(target=self._heartbeat, name="status heartbeat", daemon=True)
         self._thread.start()
 
-    def on_epoch_start(self, loop, epoch):
-        self._update(epoch=epoch + 1)
+    def on_epoch_start(self, state):
+        self._update(epoch=state.epoch + 1)
 
-    def on_interval_end(self, loop, stats):
-        now = time.monotonic()
+    def on_interval_end(self, state):
+        now, stats = time.monotonic(), state.train
         with self._lock:
             # The first interval of a process includes tracing and compiling: the rate starts after it.
-            self._samples.append((now, loop.step))
+            self._samples.append((now, state.step))
             while len(self._samples) > 2 and now - self._samples[1][0] > _RATE_WINDOW_SECONDS:
                 self._samples.popleft()
             (t0, s0), (t1, s1) = self._samples[0], self._samples[-1]
             rate = (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
-            self.record.update(step=loop.step, images_per_second=_number(stats["images_per_second"]),
-                               steps_per_second=rate and _number(rate),
-                               train={k: _number(stats[k]) for k in ("loss", "top1", "top5", "lr")})
+            self.record.update(step=state.step, images_per_second=json_number(stats["images_per_second"]),
+                               steps_per_second=rate and json_number(rate),
+                               train={k: json_number(stats[k]) for k in ("loss", "top1", "top5", "lr")})
 
-    def on_epoch_end(self, loop, epoch, train, validation):
-        if validation:
-            self._update(validation={"epoch": epoch + 1, **{k: _number(v) for k, v in validation.items()}})
+    def on_epoch_end(self, state):
+        if state.validation:
+            self._update(validation={"epoch": state.epoch + 1,
+                                     **{k: json_number(v) for k, v in state.validation.items()}})
 
-    def on_train_end(self, loop, outcome, evaluation):
-        reason = {"finished": "all epochs trained", "preempted": f"{loop.stop.reason}: checkpoint committed, "
-                  "run again to resume"}.get(outcome, loop.stop.reason)
+    def on_train_end(self, state):
+        outcome = state.outcome
+        reason = {"finished": "all epochs trained", "preempted": f"{state.stop_reason}: checkpoint committed, "
+                  "run again to resume"}.get(outcome, state.stop_reason)
         final = None
-        if evaluation:
-            final = {k: evaluation[k] for k in ("loss", "top1", "top5", "step") if k in evaluation}
-        self._end(outcome, reason, step=loop.step, evaluation=final)
+        if state.evaluation:
+            final = {k: state.evaluation[k] for k in ("loss", "top1", "top5", "step") if k in state.evaluation}
+        self._end(outcome, reason, step=state.step, evaluation=final)
 
-    def on_failure(self, loop, error: BaseException) -> None:
+    def on_failure(self, state):
         """An exception ended the run: the record says failed, with the reason, and the run's log gets it."""
+        error = state.error
         reason = first_line(error) if isinstance(error, UserError) else f"{type(error).__name__}: {_gist(error)}"
         if isinstance(error, KeyboardInterrupt):
             reason = "interrupted by a second signal before the checkpoint was committed"
         self.runlog.write_error(error)
-        self._end(FAILED, reason, step=loop.step)
+        self._end(FAILED, reason, step=state.step)
 
     # --- internals -----------------------------------------------------------------------------------------------
     def _end(self, phase: str, reason: str, **fields) -> None:
@@ -115,7 +118,7 @@ class StatusHook(Hook):
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
-            self.record["starts"][-1].update(ended=phase, ended_at=time.time())
+            end_start(self.record["starts"][-1], phase, fields.get("step"))
         self._update(phase=phase, reason=reason, **fields)
         self._write()
         log.info("status: %s (%s)", phase, reason)
@@ -147,9 +150,3 @@ def _gist(error: BaseException) -> str:
     if len(lines) > 1 and lines[0] == "in user code:":
         return lines[-1][:300]
     return first_line(error)
-
-
-def _number(value) -> float | None:
-    """JSON has no NaN or infinity (a diverged loss): those are stored as null."""
-    value = float(value)
-    return round(value, 6) if math.isfinite(value) else None

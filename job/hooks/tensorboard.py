@@ -15,20 +15,20 @@ class TensorBoardHook(Hook):
     def __init__(self, writers: SummaryWriters):
         self.writers = writers
 
-    def on_first_step(self, loop, batch):
-        self.writers.log_images(batch, loop.step)
-        self.writers.log_scalar("seconds_to_first_step", time.time() - PROCESS_START, loop.step)
+    def on_first_step(self, state):
+        self.writers.log_images(state.batch, state.step)
+        self.writers.log_scalar("seconds_to_first_step", time.time() - PROCESS_START, state.step)
 
-    def on_interval_end(self, loop, stats):
-        self.writers.log_train(loop.step, stats)
+    def on_interval_end(self, state):
+        self.writers.log_train(state.step, state.train)
 
-    def on_epoch_end(self, loop, epoch, train, validation):
-        if validation:
-            self.writers.log_validation(loop.step, validation)
+    def on_epoch_end(self, state):
+        if state.validation:
+            self.writers.log_validation(state.step, state.validation)
 
-    def on_checkpoint_saved(self, loop, step, blocking_seconds):
+    def on_checkpoint_saved(self, state):
         # how long training waited for the save: the figure the benchmarks watch
-        self.writers.log_scalar("checkpoint_blocking_seconds", blocking_seconds, step)
+        self.writers.log_scalar("checkpoint_blocking_seconds", state.blocking_seconds, state.saved_step)
 
-    def on_train_end(self, loop, outcome, evaluation):
+    def on_train_end(self, state):
         self.writers.close()

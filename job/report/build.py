@@ -1,4 +1,4 @@
-"""One run's report, `eval/report.html`: made at the end of training from the model in memory (job/hooks/report.py)
+"""One run's report, `eval/report.html`: made at the end of training from the model in memory (job/train.py)
 and by `python -m job report --run-dir DIR [--checkpoint latest|best]` from a committed checkpoint.
 
 The test-set figures are computed here from the model's predictions with job/evaluate.py's own compute_metrics, so
@@ -18,11 +18,12 @@ import numpy as np
 
 from job import config as configlib
 from job.evaluate import compute_metrics, predict_logits
+from job.layout import HISTORY_FILE, REPORT_FILE
 from job.report import analysis, plots
 from job.report.gallery import gallery
 from job.report.page import render
 from job.report.references import reference_for
-from job.report.rundata import HISTORY_FILE, REPORT_FILE, load_run
+from job.report.rundata import load_run
 from job.storage import LocalStorage
 
 log = logging.getLogger("job")
@@ -30,12 +31,15 @@ log = logging.getLogger("job")
 TEMPLATE = "report.html.j2"
 
 
-def write_report(run, cfg, model, splits, step: int, weights: str = "final") -> Path:
-    """Predict the test set with `model`, render the report into the run's working copy and queue its upload.
-    `weights` says which weights these are (final, latest, best) for the header. Returns the local file."""
+def write_report(run, cfg, model, splits, step: int, weights: str = "final", logits: np.ndarray | None = None
+                 ) -> Path:
+    """Render the report of `model` into the run's working copy and queue its upload: from the test set's `logits`
+    (the final evaluation's, at the end of a run), or predicted here. `weights` says which weights these are (final,
+    latest, best) for the header. Returns the local file."""
     began = time.perf_counter()
     run.fetch(HISTORY_FILE)  # a report made by the CLI on a remote run: the history is in the bucket
-    logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+    if logits is None:
+        logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
     predicted = time.perf_counter()
     html = render_report(run.url, LocalStorage(run.local), cfg, model, splits, logits, step, weights)
     path = run.local / REPORT_FILE

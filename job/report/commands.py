@@ -3,7 +3,8 @@ imported (seconds), so a bad one is refused at once, in one line, with nothing w
 from __future__ import annotations
 
 from job.errors import UserError
-from job.report.rundata import REPORT_FILE, load_run
+from job.layout import REPORT_FILE
+from job.report.rundata import load_run
 
 CHECKPOINTS = ("latest", "best")
 

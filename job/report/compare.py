@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import UserError, first_line
+from job.records import duration
 from job.report import plots
-from job.report.page import duration, render
+from job.report.page import render
 from job.report.rundata import RunData, load_run
 from job.storage import open_storage
 

@@ -10,12 +10,8 @@ from typing import Any
 from job import config as configlib
 from job.config import Config
 from job.errors import StorageUnavailableError, UserError, first_line
+from job.layout import CONFIG_FILE, HISTORY_FILE, METRICS_FILE
 from job.storage import Storage, open_storage
-
-CONFIG_FILE = "config.yaml"  # the same names as job/builder.py, job/hooks/history.py and job/evaluate.py, which
-HISTORY_FILE = "history.json"  # import TensorFlow
-METRICS_FILE = "eval/metrics.json"
-REPORT_FILE = "eval/report.html"
 
 
 @dataclass

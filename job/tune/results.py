@@ -11,6 +11,7 @@ import logging
 import yaml
 from optuna.trial import TrialState
 
+from job.records import duration
 from job.storage import open_storage
 from job.tune.study import ERROR_ATTR, RUN_ATTR, SURPLUS_ATTR, Study, is_retry, origin_number, retries
 
@@ -51,7 +52,7 @@ def leaderboard(study: Study) -> str:
     header = ["trial", *keys, "best val top-1", "state", "epochs", "time"]
     body = [[str(r["trial"]), *(_fmt(r["params"].get(k)) for k in keys),
              "-" if r["best_val_top1"] is None else f"{r['best_val_top1']:.4f}", r["state"], str(r["epochs"]),
-             _duration(r["seconds"])] for r in table]
+             duration(r["seconds"])] for r in table]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body]]
     finished = study.finished()
@@ -153,10 +154,3 @@ def _fmt(value) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

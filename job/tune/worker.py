@@ -19,9 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from job.errors import EXIT_OK, EXIT_PREEMPTED, UserError, first_line
-from job.hooks import Hook
+from job.hooks import Hook, Stop
 from job.metrics import BEST_METRIC
-from job.stopping import FINISH
 from job.tune.study import ERROR_ATTR, RUN_ATTR, Study, origin_number
 
 log = logging.getLogger("job")
@@ -41,23 +40,25 @@ class TrialReport(Hook):
         self.epochs = 0
         self.resumed_from = 0
 
-    def on_train_start(self, loop):
-        self.resumed_from = loop.step
+    def on_train_start(self, state):
+        self.resumed_from = state.step
 
-    def on_epoch_end(self, loop, epoch, train, validation):
+    def on_epoch_end(self, state):
+        epoch, validation = state.epoch, state.validation
         self.epochs = epoch
         if not validation:
-            return
+            return None
         self.trial.report(float(validation[BEST_METRIC]), step=epoch)
-        if loop.parts.backend.is_chief and self.pruned_at is None and self.trial.should_prune():
+        if state.run.is_chief and self.pruned_at is None and self.trial.should_prune():
             self.pruned_at = epoch
             log.info("trial %d pruned after epoch %d (validation top-1 %.4f is below the median of earlier trials)",
                      self.trial.number, epoch, validation[BEST_METRIC])
-            loop.request_stop(f"pruned by the tuner after epoch {epoch}", FINISH)
+            return Stop(f"pruned by the tuner after epoch {epoch}")
+        return None
 
-    def on_train_end(self, loop, outcome, evaluation):
-        self.best = float(loop.parts.state.best_val_top1.numpy())
-        self.epochs = loop.step // loop.parts.steps_per_epoch
+    def on_train_end(self, state):
+        self.best = state.best_val_top1  # the loop keeps it (None without a validation split)
+        self.epochs = state.step // state.run.steps_per_epoch
 
 
 class Heartbeat:
@@ -140,6 +141,10 @@ def run_trial(study: Study, trial: optuna.Trial, config: str, overrides: list[st
     trial.set_user_attr("seconds", round(time.time() - started, 1))
     if report.pruned_at is not None:
         study.study.tell(trial, state=TrialState.PRUNED)
+    elif report.best is None:  # no epoch was validated (a run whose epochs were all trained already)
+        trial.set_user_attr(ERROR_ATTR, "no validation top-1 was recorded")
+        study.study.tell(trial, state=TrialState.FAIL)
+        return EXIT_OK
     else:
         study.study.tell(trial, report.best)
     log.info("trial %d %s: best validation top-1 %.4f after %d epochs", trial.number,
