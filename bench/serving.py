@@ -43,7 +43,8 @@ def setup_serving(preset: str, folder: str, files: int, trial_seconds: float) ->
 
     from job import config as configlib
     from job.images import decode
-    from job.inference import Classifier, build_inference_model
+    from job.inference import Classifier
+    from job.weights import build_inference_model
 
     folder = Path(folder)
     cfg = configlib.load_config(preset, [f"run.dir={folder / 'run'}"])

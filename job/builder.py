@@ -28,6 +28,7 @@ from job.optim import make_optimizer
 from job.runconfig import check_run_config, load_run_config, store_run_config
 from job.rundir import RunDir
 from job.summaries import SummaryWriters
+from job.weights import build_inference_model
 
 log = logging.getLogger("job")
 
@@ -140,10 +141,10 @@ def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True,
 
 def build_for_evaluation(run: RunDir) -> RunParts:
     """The model of an existing run, on one device, with a checkpoint of the model alone (restore it with
-    `checkpoint.read(prefix).expect_partial()`)."""
+    `checkpoint.read(prefix).expect_partial()`): built as for inference (job/weights.py), with the run's data."""
     cfg = configure(load_run_config(run.storage))
     splits = datalib.load_splits(cfg.data, cfg.train.seed)
-    model = build_full_model(cfg, splits.num_classes, splits.x_train.shape[1:])
+    model = build_inference_model(cfg, splits.num_classes)
     steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size)
     single = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute, backend="single"))
     return RunParts(cfg=cfg, backend=make_backend(single),

@@ -23,12 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=10")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run's checkpoint on the test set")
-    evaluate.add_argument("--run-dir", required=True, help="the run directory (local path or gs://)")
-    evaluate.add_argument("--checkpoint", default="", help="latest (default), best, or a checkpoint prefix")
+    add_weights_arguments(evaluate, files=False)
 
     report = sub.add_parser("report", help="make a run's eval/report.html again (also made at the end of training)")
-    report.add_argument("--run-dir", required=True, help="the run directory (local path or gs://)")
-    report.add_argument("--checkpoint", default="latest", help="latest (default) or best")
+    add_weights_arguments(report, files=False)
+
+    export = sub.add_parser("export", help="write a run's export/ again from the chosen checkpoint (also written at "
+                                           "the end of training)")
+    add_weights_arguments(export, files=False)
 
     compare = sub.add_parser("compare", help="runs side by side: a table, and compare.html with their curves and "
                                              "per-class F1 (reads the runs only; no TensorFlow)")
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="compare.html", help="where the page goes (a path, directory or gs://)")
 
     predict = sub.add_parser("predict", help="classify image files, folders or gs:// objects with a run's model")
-    add_model_arguments(predict)
+    add_weights_arguments(predict)
     predict.add_argument("paths", nargs="+", metavar="PATH",
                          help="an image file, a folder (its images, recursively), or a gs:// object or prefix")
     predict.add_argument("--top", type=int, default=5, help="how many classes to show per image (default 5)")
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refuse images with more pixels than this (default 40,000,000)")
 
     serve = sub.add_parser("serve", help="a web page and an HTTP API that classify uploaded images")
-    add_model_arguments(serve)
+    add_weights_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default loopback; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
@@ -97,12 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", help="a run directory (local path or gs://): its checkpoint is used")
-    source.add_argument("--model", help="an exported model file (a run's export/model.keras or model.h5)")
-    parser.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
-                        help="with --run-dir: the newest committed checkpoint (default) or the best by validation")
+def add_weights_arguments(parser: argparse.ArgumentParser, files: bool = True) -> None:
+    """The weights a command uses (job/weights.py): a run's checkpoint, or (with `files`) an exported model file."""
+    from job.weights import DEFAULT
+
+    run_help = "the run directory (local path or gs://)"
+    if files:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--run-dir", help=run_help + ": its checkpoint is used")
+        source.add_argument("--model", help="an exported model file (a run's export/model.keras or model.h5)")
+    else:
+        parser.add_argument("--run-dir", required=True, help=run_help)
+    parser.add_argument("--checkpoint", default=DEFAULT, metavar="latest|best|PREFIX",
+                        help="with --run-dir: the newest committed checkpoint (default), the best by validation "
+                             "top-1, or a checkpoint prefix (RUN/checkpoints/ckpt-1200-1a2b3c4d)")
+
+
+def selection(args: argparse.Namespace):
+    """The weights the arguments of add_weights_arguments name."""
+    from job.weights import Selection
+
+    return Selection(run_dir=args.run_dir, checkpoint=args.checkpoint, model_file=getattr(args, "model", None))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,24 +188,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         from job.report import commands
 
         if args.command == "report":
-            return commands.report(args.run_dir, args.checkpoint)
+            return commands.report(selection(args))
         return commands.compare(args.run_dirs, args.out)
     if args.command == "predict":
         from job.predict import main as predict
 
-        return predict(args)
+        return predict(args, selection(args))
     if args.command == "serve":
         from job.serve import main as serve
 
-        return serve(args)
+        return serve(args, selection(args))
     if args.command == "tune":
         from job.tune import main as tune
 
         return tune(args)
-    if args.command == "evaluate":
+    if args.command in ("evaluate", "export"):
+        from job.weights import check
+
+        check(selection(args))  # before TensorFlow is imported: a bad choice is one line
+        if args.command == "export":
+            from job.export import export_run
+
+            export_run(selection(args))
+            return 0
         from job.evaluate import evaluate_run
 
-        evaluate_run(args.run_dir, args.checkpoint)
+        evaluate_run(selection(args))
         return 0
     raise AssertionError(args.command)
 

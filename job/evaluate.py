@@ -131,28 +131,17 @@ def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: s
     return metrics
 
 
-def evaluate_run(run_dir: str, checkpoint: str = "") -> dict[str, Any]:
-    """`python -m job evaluate`: rebuild the run's model, restore a checkpoint (default: the newest committed one,
-    `best` for the best by validation top-1, or a checkpoint prefix), evaluate and store."""
+def evaluate_run(selection) -> dict[str, Any]:
+    """`python -m job evaluate`: rebuild the run's model, restore the selected checkpoint (job/weights.py: latest,
+    best or a prefix), evaluate and store."""
     from job.builder import build_for_evaluation
-    from job.checkpoint import Committed
-    from job.errors import UserError
     from job.rundir import RunDir
+    from job.weights import choose
 
-    parts = build_for_evaluation(RunDir.open(run_dir))
-    if checkpoint in ("", "latest"):
-        chosen = parts.store.latest()
-    elif checkpoint == "best":
-        chosen = parts.store.best()
-    else:
-        if not tf.io.gfile.exists(checkpoint + ".index"):
-            raise UserError(f"checkpoint {checkpoint} not found (expected {checkpoint}.index); give a checkpoint "
-                            "prefix such as RUN/checkpoints/ckpt-1000, or 'latest' / 'best'")
-        chosen = Committed(step=-1, prefix=checkpoint, metrics={})
-    if chosen is None:
-        raise UserError(f"{parts.run.url} has no committed checkpoint to evaluate; train first")
+    parts = build_for_evaluation(RunDir.open(selection.run_dir))
+    chosen = choose(parts.store, selection)
     parts.checkpoint.read(chosen.prefix).expect_partial()
     metrics = evaluate_and_store(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step,
-                                 label=checkpoint or "latest")
+                                 label=selection.label)
     parts.run.close(parts.cfg.checkpoint.upload_timeout_seconds)
     return metrics

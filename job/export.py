@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
+from job.inference import dataset_name
 from job.layout import CLASSES_FILE, EXPORT_DIR, H5_FILE, KERAS_FILE, MODEL_CARD_FILE, SAVED_MODEL_DIR
 from job.rundir import RunDir
 
@@ -84,7 +85,7 @@ def model_card(cfg, model: keras.Model, class_names: list[str], evaluation: dict
                if evaluation and k in evaluation}
     return {
         "model": cfg.model.name,
-        "dataset": cfg.data.name + (" (superclasses)" if cfg.data.label_mode == "coarse" else ""),
+        "dataset": dataset_name(cfg),
         "classes": len(class_names),
         "input": {"shape": [None, side, side, 3], "dtype": "float32 (uint8 in serving_uint8)",
                   "range": [0, 255], "channels": "RGB"},
@@ -113,3 +114,19 @@ def card_markdown(card: dict) -> str:
              "", "Load: `job.models.load_model('model.keras')`, `tf.saved_model.load('saved_model')`, or "
              "`python -m job predict --model model.keras IMAGE...`", ""]
     return "\n".join(lines)
+
+
+def export_run(selection) -> None:
+    """`python -m job export`: the exports of a run again, from the checkpoint `selection` names (job/weights.py); the
+    model card carries the final evaluation when it is of the same step."""
+    from job.layout import METRICS_FILE
+    from job.weights import load
+
+    loaded = load(selection)
+    run = RunDir.open(selection.run_dir)
+    try:
+        metrics = run.read_record(METRICS_FILE)
+        evaluation = metrics if metrics.get("step") == loaded.step else None
+        export_model(run, loaded.cfg, loaded.model, loaded.classes, evaluation)
+    finally:
+        run.close(loaded.cfg.checkpoint.upload_timeout_seconds)

@@ -15,7 +15,7 @@ the feature-map layer's `call` is tapped, so its output is recorded (and watched
 gradient of the class logit flows back to it through the real call of every enclosing model.
 
     heatmaps = gradcam(model, images)          # (n, H, W) in [0, 1]; images (n, H, W, C) uint8 or float in [0, 255]
-    rgb = overlay(images[0], heatmaps[0])      # (H, W, 3) uint8
+    rgb = overlay(images[0], heatmaps[0])      # (H, W, 3) uint8 (job/overlay.py)
 """
 from __future__ import annotations
 
@@ -71,23 +71,6 @@ def gradcam(model: keras.Model, images, class_indices=None, layer: keras.layers.
             classes = None if class_indices is None else class_indices[start:start + _BATCH]
             out[start:start + _BATCH] = _batch_gradcam(model, batch, classes, captured)
     return out
-
-
-def overlay(image, heatmap, alpha: float = 0.45) -> np.ndarray:
-    """`image` ((H, W, C) in [0, 255], C = 1 or 3) with `heatmap` ((H, W) in [0, 1]) blended on top in the jet
-    colour map, as (H, W, 3) uint8."""
-    from matplotlib import colormaps
-
-    image = np.asarray(image, np.float32)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    heatmap = np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
-    if heatmap.shape != image.shape[:2]:
-        raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:2]}")
-    colour = colormaps["jet"](heatmap)[..., :3] * 255.0
-    return np.clip((1 - alpha) * image + alpha * colour, 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------- internals

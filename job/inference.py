@@ -11,22 +11,17 @@ the exported model (.keras or .h5) is loaded with the model card and class names
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from job.errors import UserError
+from job.layout import METRICS_FILE
+from job.weights import DEFAULT, Selection
 
 log = logging.getLogger("job")
 
-CHECKPOINTS = ("latest", "best")
-CLASSES_FILE = "classes.json"  # in the run (written at the start of training) and in export/
-MODEL_CARD_FILE = "model_card.json"  # in export/
-METRICS_FILE = "eval/metrics.json"
 _PREDICT_BATCH = 256
 
 
@@ -67,64 +62,34 @@ class Classifier:
 
     # ---------------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_run(cls, run_dir: str, checkpoint: str = "latest") -> Classifier:
-        """The run's model at its newest committed checkpoint, or its best by validation top-1."""
-        import tensorflow as tf
+    def load(cls, selection: Selection) -> Classifier:
+        """The model and weights `selection` names (job/weights.py)."""
+        from job.weights import load
 
-        from job.checkpoint import CheckpointStore
-        from job.runconfig import load_run_config
-        from job.rundir import RunDir
-
-        if checkpoint not in CHECKPOINTS:
-            raise UserError(f"--checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
-        run = RunDir.open(run_dir)
-        try:
-            cfg = load_run_config(run.storage)
-            classes = run_classes(run, cfg)
-            store = CheckpointStore(run, keep=cfg.checkpoint.keep)
-            chosen = store.latest() if checkpoint == "latest" else store.best()
-            if chosen is None:
-                why = ("has no committed checkpoint yet; train first" if checkpoint == "latest" else
-                       "has no checkpoint scored on a validation split; use --checkpoint latest")
-                raise UserError(f"{run.url} {why}")
-            model = build_inference_model(cfg, len(classes))
-            tf.train.Checkpoint(model=model).read(chosen.prefix).expect_partial()
-            metrics = run.read_json(METRICS_FILE) or {}
-        finally:
-            run.close(timeout=10.0)
-        evaluation = _headline(metrics) if metrics.get("step") == chosen.step else {}
-        info = ModelInfo(model=cfg.model.name, dataset=_dataset_name(cfg), classes=classes,
-                         image_size=_side(model), source=run.url,
-                         weights=f"{checkpoint} checkpoint (step {chosen.step})", metrics=evaluation)
-        log.info("loaded %s (%s, %d classes) from %s, %s", info.model, info.dataset, len(classes), run.url,
+        loaded = load(selection)
+        side = int(loaded.model.input_shape[1])
+        if loaded.cfg is not None:
+            cfg = loaded.cfg
+            metrics = _read_run_metrics(selection.run_dir)
+            evaluation = _headline(metrics) if metrics.get("step") == loaded.step else {}
+            info = ModelInfo(model=cfg.model.name, dataset=dataset_name(cfg), classes=loaded.classes,
+                             image_size=side, source=selection.run_dir, weights=loaded.weights, metrics=evaluation)
+        else:
+            card = loaded.card or {}
+            info = ModelInfo(model=card.get("model", loaded.model.name), dataset=card.get("dataset", "unknown"),
+                             classes=loaded.classes, image_size=side, source=selection.model_file,
+                             weights=loaded.weights, metrics=card.get("metrics", {}))
+        log.info("loaded %s (%s, %d classes) from %s, %s", info.model, info.dataset, len(info.classes), info.source,
                  info.weights)
-        return cls(model, info)
+        return cls(loaded.model, info)
+
+    @classmethod
+    def from_run(cls, run_dir: str, checkpoint: str = DEFAULT) -> Classifier:
+        return cls.load(Selection(run_dir=run_dir, checkpoint=checkpoint))
 
     @classmethod
     def from_file(cls, path: str) -> Classifier:
-        """An exported model: export/model.keras or export/model.h5, with classes.json and model_card.json beside
-        it when they are there (otherwise the classes are called class_0, class_1, ...)."""
-        from job.models import load_model
-
-        file = Path(path)
-        if file.suffix not in (".keras", ".h5"):
-            raise UserError(f"--model {path} is not a .keras or .h5 file; give a run's export/model.keras (or "
-                            "--run-dir RUN for its checkpoints)")
-        if not file.is_file():
-            raise UserError(f"--model {path} does not exist; give a run's export/model.keras")
-        try:
-            model = load_model(str(file))
-        except Exception as e:  # noqa: BLE001 - keras raises many types for a file that is not a saved model
-            from job.errors import first_line
-
-            raise UserError(f"could not load {path} as a Keras model ({first_line(e)})") from None
-        card = _read_json(file.with_name(MODEL_CARD_FILE))
-        classes = _read_json(file.with_name(CLASSES_FILE)).get("classes") or [
-            f"class_{i}" for i in range(int(model.output_shape[-1]))]
-        info = ModelInfo(model=card.get("model", model.name), dataset=card.get("dataset", "unknown"),
-                         classes=list(classes), image_size=_side(model), source=str(file), weights=file.name,
-                         metrics=card.get("metrics", {}))
-        return cls(model, info)
+        return cls.load(Selection(model_file=path))
 
     # ------------------------------------------------------------------------------------------------- inference
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -154,34 +119,7 @@ class Classifier:
             return gradcam(self.model, images, class_indices)
 
 
-def build_inference_model(cfg, num_classes: int):
-    """The run's full model with untrained weights, to restore a checkpoint into: float32, on one device, without
-    downloading ImageNet weights that the checkpoint replaces anyway."""
-    import keras
-
-    from job.data.splits import IMAGE_SHAPE
-    from job.models import MODELS
-    from job.models.assembly import build_full_model
-
-    keras.mixed_precision.set_global_policy("float32")  # the checkpoint's float32 variables; exact on a CPU
-    if MODELS[cfg.model.name].transfer:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights="none"))
-    return build_full_model(cfg, num_classes, IMAGE_SHAPE)
-
-
-def run_classes(run, cfg) -> list[str]:
-    """The class names of a run: its classes.json, or (runs from before it was written) the dataset's."""
-    stored = run.read_json(CLASSES_FILE)
-    if stored and stored.get("classes"):
-        return list(stored["classes"])
-    log.info("%s has no %s (an older run); reading the class names from the %s dataset", run.url, CLASSES_FILE,
-             cfg.data.name)
-    from job.data import load_splits
-
-    return list(load_splits(cfg.data, cfg.train.seed).class_names)
-
-
-def _dataset_name(cfg) -> str:
+def dataset_name(cfg) -> str:
     return cfg.data.name + (" (superclasses)" if cfg.data.label_mode == "coarse" else "")
 
 
@@ -189,21 +127,19 @@ def _headline(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("top1", "top5", "loss", "examples", "step", "checkpoint") if k in metrics}
 
 
-def _side(model) -> int:
-    return int(model.input_shape[1])
+def load_classifier(run_dir: str | None, model_file: str | None, checkpoint: str = DEFAULT) -> Classifier:
+    """What `--run-dir DIR [--checkpoint C]` or `--model FILE` names (job/cli.py add_weights_arguments)."""
+    return Classifier.load(Selection(run_dir=run_dir, checkpoint=checkpoint, model_file=model_file))
 
 
-def _read_json(path: Path) -> dict:
+def _read_run_metrics(run_dir: str) -> dict:
+    """The run's final evaluation, if it has one (shown when it is of the weights loaded)."""
+    from job.storage import open_storage
+
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return open_storage(run_dir).read_json(METRICS_FILE) or {}
+    except Exception:  # noqa: BLE001 - a damaged or unreadable file only means no metrics to show
         return {}
-    return value if isinstance(value, dict) else {}
-
-
-def load_classifier(run_dir: str | None, model_file: str | None, checkpoint: str = "latest") -> Classifier:
-    """What `--run-dir DIR [--checkpoint C]` or `--model FILE` names (job/cli.py add_model_arguments)."""
-    return Classifier.from_run(run_dir, checkpoint) if run_dir else Classifier.from_file(model_file)
 
 
 def prediction_record(file: str, top: list[tuple[int, str, float]]) -> dict:

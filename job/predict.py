@@ -24,7 +24,6 @@ log = logging.getLogger("job")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # what a folder is searched for
 BATCH = 64
-EXPLAIN_SIDE = 256  # Grad-CAM overlays are drawn on the centre crop at this size, so they can be seen
 
 
 @dataclass
@@ -34,16 +33,16 @@ class Source:
     read: Callable[[], bytes]
 
 
-def main(args) -> int:
+def main(args, selection) -> int:
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     sources = list(find_images(args.paths))  # every PATH is checked before the model is loaded
     explain_dir = _explain_dir(args.explain) if args.explain else None
 
-    from job.inference import load_classifier
+    from job.inference import Classifier
 
-    classifier = load_classifier(args.run_dir, args.model, args.checkpoint)
+    classifier = Classifier.load(selection)
     classified = failed = 0
     names = _unique_stems([s.name for s in sources]) if explain_dir else {}
     top = min(args.top, len(classifier.class_names))
@@ -155,17 +154,13 @@ def _print_json(name: str, top: list[tuple[int, str, float]]) -> None:
 
 
 def _write_explanations(classifier, good: list, out: Path, names: dict[str, str], max_pixels: int) -> None:
-    """A Grad-CAM overlay per image, drawn on its centre crop at EXPLAIN_SIDE pixels: <DIR>/<name>.gradcam.png."""
-    from PIL import Image
-
-    from job.gradcam import overlay
-    from job.images import to_model_input
+    """A Grad-CAM overlay per image (job/overlay.py): <DIR>/<name>.gradcam.png."""
+    from job.overlay import overlay_picture
 
     heatmaps = classifier.explain(np.stack([image for _, image in good]))
     for (source, _), heatmap in zip(good, heatmaps):
-        big = to_model_input(open_rgb(source.read(), max_pixels), EXPLAIN_SIDE)
-        heat = np.asarray(Image.fromarray(np.uint8(heatmap * 255)).resize(big.shape[:2], Image.Resampling.BILINEAR))
-        Image.fromarray(overlay(big, heat / 255.0)).save(out / f"{names[source.name]}.gradcam.png")
+        picture = overlay_picture(open_rgb(source.read(), max_pixels), heatmap)
+        picture.save(out / f"{names[source.name]}.gradcam.png")
 
 
 def _explain_dir(path: str) -> Path:

@@ -6,9 +6,10 @@ import tensorflow as tf
 
 from job import config as configlib
 from job import data as datalib
-from job.gradcam import NoFeatureMapError, feature_layer, gradcam, overlay
+from job.gradcam import NoFeatureMapError, feature_layer, gradcam
 from job.models.assembly import NETWORK_LAYER, PREPROCESS_LAYER, build_full_model
 from job.models.transfer import BACKBONE_LAYER
+from job.overlay import overlay
 
 PATCH = 8
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from job.overlay import OVERLAY_SIDE
 from sample_images import digit_images, encode, truncated_png
 from trainer_runs import run_job, trainer_env
 
@@ -95,7 +96,7 @@ def test_explain_writes_a_grad_cam_overlay_per_image(digits_run, images, tmp_pat
     written = sorted(p.name for p in (tmp_path / "cam").iterdir())
     assert written == sorted(f"{Path(name).stem}.gradcam.png" for name in labels)
     overlay = np.asarray(Image.open(tmp_path / "cam" / written[0]))
-    assert overlay.shape == (256, 256, 3) and overlay.std() > 10  # a picture, not a blank
+    assert overlay.shape == (OVERLAY_SIDE, OVERLAY_SIDE, 3) and overlay.std() > 10  # a picture, not a blank
 
 
 def test_exported_model_and_best_checkpoint_give_the_same_answers(digits_run, images):

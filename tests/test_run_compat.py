@@ -38,7 +38,9 @@ def test_a_run_from_the_previous_code_resumes_to_the_same_weights(tmp_path):
     assert "resuming from step 5 (epoch 2, batch 0 of 5)" in result.stderr
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["step"] == EXPECTED_STEP and metrics["examples"] == 359
-    assert checkpoint_abs_sum(run) == pytest.approx(EXPECTED_ABS_SUM, rel=1e-9)
+    # Within 1e-4: the figure was measured on one CPU, and other CPUs get other float kernels (on an AMD EPYC machine
+    # of 2026-12-04 the code of 7d9f3a4's successor edc6eec itself ends 1.3e-5 away, in deterministic mode).
+    assert checkpoint_abs_sum(run) == pytest.approx(EXPECTED_ABS_SUM, rel=1e-4)
 
 
 def test_a_run_from_the_previous_code_evaluates_its_best_checkpoint(tmp_path):

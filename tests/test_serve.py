@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from job.overlay import OVERLAY_SIDE
 from serve_server import (
     HOLD_ENV,
     TOKEN_ENV,
@@ -136,7 +137,7 @@ def test_top_k_and_grad_cam_overlays(server, digits):
         prefix = "data:image/png;base64,"
         assert p["gradcam"].startswith(prefix)
         overlay = Image.open(io.BytesIO(base64.b64decode(p["gradcam"][len(prefix):])))
-        assert overlay.format == "PNG" and overlay.size == (224, 224) and overlay.mode == "RGB"
+        assert overlay.format == "PNG" and overlay.size == (OVERLAY_SIDE, OVERLAY_SIDE) and overlay.mode == "RGB"
         assert np.asarray(overlay).std() > 5  # a picture, not a flat square
     everything = predict(server, [("seven.png", png_bytes(images[labels == 7][0]))], "?top=50")
     assert everything.status == 200 and len(everything.json["predictions"][0]["top"]) == 10  # all classes

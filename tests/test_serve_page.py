@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from browser import artifacts_folder, chromium, console_problems, full_page_screenshot, requested_urls
+from job.overlay import OVERLAY_SIDE
 from serve_server import TOKEN_ENV, ServeProcess, digit_images, png_bytes
 from trainer_runs import wait_for
 
@@ -118,7 +119,7 @@ def test_the_page_asks_for_the_token_and_classifies_pngs(server, browser, pictur
     js(browser, f"{card}.querySelector('input.gradcam').click()")
     wait_for(lambda: js(browser, f"const i = {card}.querySelector('img'); "
                                  "return i.src.startsWith('data:image/png;base64,') && i.complete && "
-                                 "i.naturalWidth === 224"), timeout=10, what="the Grad-CAM overlay")
+                                 f"i.naturalWidth === {OVERLAY_SIDE}"), timeout=10, what="the Grad-CAM overlay")
     full_page_screenshot(browser, artifacts / "serve-page-gradcam.png")
     js(browser, f"{card}.querySelector('input.gradcam').click()")
     assert js(browser, f"return {card}.querySelector('img').src") == original

@@ -109,7 +109,7 @@ def test_status_through_a_runs_life(run_url, trainers, tmp_path):
     second = start_job(*long_run, env=env, log_path=tmp_path / "second.out")
     trainers.append(second)
     s = wait_running(url, second, env, start_count=2, min_step=s["step"] + 1)
-    assert s["starts"][0]["ended"] == "preempted" and s["starts"][1]["pid"] == second.pid
+    assert s["starts"][0]["outcome"] == "preempted" and s["starts"][1]["pid"] == second.pid
     assert s["newest_log"] != first_log and s["log_count"] == 2
     kill_hard(second)
     wait_for(lambda: status(url, env=env)["stale"], timeout=60, what="the heartbeat to go stale")
@@ -137,7 +137,7 @@ def test_status_through_a_runs_life(run_url, trainers, tmp_path):
     assert third.wait(timeout=600) == 0, (tmp_path / "third.out").read_text()[-3000:]
     s = status(url, env=env)
     assert s["phase"] == "finished" and s["start_count"] == 3 and s["step"] == total
-    assert s["starts"][1]["ended"].startswith("lost") and s["starts"][2]["ended"] == "finished"
+    assert s["starts"][1]["outcome"] == "lost" and s["starts"][2]["outcome"] == "finished"
     assert s["evaluation"]["top1"] > 0.5 and s["evaluation"]["step"] == total
     assert s["stale"] is False and s["log_count"] == 3
     text = status_text(url, env=env)
@@ -203,7 +203,7 @@ def test_a_run_that_fails_in_training_is_marked_failed_with_its_reason(tmp_path)
     assert out.returncode == 2 and "training diverged" in out.stderr, out.stderr[-3000:]
     s = status(url)
     assert s["phase"] == "failed" and s["reason"].startswith("training diverged: the loss is nan")
-    assert s["starts"][-1]["ended"] == "failed" and s["stale"] is False and s["checkpoint"] is None
+    assert s["starts"][-1]["outcome"] == "failed" and s["stale"] is False and s["checkpoint"] is None
     assert s["train"]["loss"] is None, "a NaN loss is stored as null: JSON has no NaN"
     assert "error: training diverged" in read_log(url, s["newest_log"])
     assert "phase      failed: training diverged" in status_text(url)

@@ -123,21 +123,17 @@ def _when(timestamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def report_run(run_dir: str, checkpoint: str = "latest") -> Path:
-    """`python -m job report`: rebuild the run's model, restore its newest (or best) committed checkpoint, and write
+def report_run(selection) -> Path:
+    """`python -m job report`: rebuild the run's model, restore the selected checkpoint (job/weights.py) and write
     the report. job/report/commands.py checks the arguments first."""
     from job.builder import build_for_evaluation
-    from job.errors import UserError
     from job.rundir import RunDir
+    from job.weights import choose
 
-    parts = build_for_evaluation(RunDir.open(run_dir))
-    chosen = parts.store.latest() if checkpoint == "latest" else parts.store.best()
-    if chosen is None:
-        if checkpoint == "best" and parts.store.latest() is not None:
-            raise UserError(f"{parts.run.url} has no best checkpoint: it has no validation split "
-                            f"(data.validation_split=0); use --checkpoint latest")
-        raise UserError(f"{parts.run.url} has no committed checkpoint to report on; train first")
+    parts = build_for_evaluation(RunDir.open(selection.run_dir))
+    chosen = choose(parts.store, selection)
     parts.checkpoint.read(chosen.prefix).expect_partial()
-    path = write_report(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step, weights=checkpoint)
+    path = write_report(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step,
+                        weights=selection.label)
     parts.run.close(parts.cfg.checkpoint.upload_timeout_seconds)
     return path

@@ -2,23 +2,17 @@
 imported (seconds), so a bad one is refused at once, in one line, with nothing written."""
 from __future__ import annotations
 
-from job.errors import UserError
 from job.layout import REPORT_FILE
 from job.report.rundata import load_run
+from job.weights import Selection, check
 
-CHECKPOINTS = ("latest", "best")
 
-
-def report(run_dir: str, checkpoint: str = "latest") -> int:
-    if checkpoint not in CHECKPOINTS:
-        raise UserError(f"--checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
-    data = load_run(run_dir)  # refuses what is not a run before anything is built or written
-    if checkpoint == "best" and not data.cfg.data.validation_split:
-        raise UserError(f"{data.url} has no best checkpoint: it has no validation split (data.validation_split=0); "
-                        f"use --checkpoint latest")
+def report(selection: Selection) -> int:
+    data = load_run(selection.run_dir)  # refuses what is not a run before anything is built or written
+    check(selection)
     from job.report.build import report_run
 
-    path = report_run(data.url, checkpoint)
+    path = report_run(selection)
     print(f"{data.url.rstrip('/')}/{REPORT_FILE}" if data.url.startswith("gs://") else path, flush=True)
     return 0
 

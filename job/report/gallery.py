@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from job.gradcam import NoFeatureMapError, gradcam, overlay
+from job.gradcam import NoFeatureMapError, gradcam
+from job.overlay import overlay_picture
 from job.report import analysis, plots
 
 log = logging.getLogger("job")
@@ -34,7 +35,8 @@ def gallery(model, images: np.ndarray, labels: np.ndarray, probabilities: np.nda
         cards.append({
             "index": int(index),
             "image": plots.image_uri(image, SCALE),
-            "overlay": None if heatmaps is None else plots.image_uri(overlay(image, heatmaps[row]), SCALE),
+            "overlay": None if heatmaps is None else plots.image_uri(np.asarray(overlay_picture(image, heatmaps[row])),
+                                                                     1),
             "true": names[labels[index]],
             "top": [{"name": names[c], "probability": float(p), "correct": bool(c == labels[index])}
                     for c, p in zip(classes[row], probs[row])],

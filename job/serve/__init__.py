@@ -18,10 +18,10 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 from job.errors import UserError, first_line
 from job.serve.uploads import Limits
+from job.weights import Selection, check
 
 log = logging.getLogger("job")
 
@@ -33,10 +33,10 @@ _LIMIT_ENVS = {"max_request_mb": "JOB_SERVE_MAX_REQUEST_MB", "max_files": "JOB_S
                "max_pixels": "JOB_SERVE_MAX_PIXELS"}
 
 
-def main(args) -> int:
+def main(args, selection: Selection) -> int:
     limits = resolve_limits(args)
     token = resolve_token()
-    check_source(args.run_dir, args.model, args.checkpoint)
+    check(selection)  # the cheap checks, before the port is opened (no TensorFlow)
     check_port(args.host, args.port)
     if not _is_loopback(args.host) and token is None:
         log.warning("serving on %s without %s: anyone who can reach port %d can use the model", args.host,
@@ -56,10 +56,10 @@ def main(args) -> int:
     def load() -> None:
         try:
             _hold_for_test()
-            from job.inference import load_classifier
+            from job.inference import Classifier
 
             began = time.monotonic()
-            classifier = load_classifier(args.run_dir, args.model, args.checkpoint)
+            classifier = Classifier.load(selection)
             side = classifier.image_size
             import numpy as np
 
@@ -139,47 +139,6 @@ def resolve_token() -> str | None:
         raise UserError(f"{TOKEN_ENV} is set but shorter than 8 characters; use a long random string "
                         f"(e.g. openssl rand -hex 32) or unset it")
     return token
-
-
-def check_source(run_dir: str | None, model_file: str | None, checkpoint: str = "latest") -> None:
-    """The cheap checks of --run-dir / --model, before the port is opened (no TensorFlow)."""
-    if model_file:
-        path = Path(model_file)
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "does not exist"
-            raise UserError(f"--model {model_file} {what}; give a run's export/model.keras (or --run-dir RUN)")
-        if path.suffix not in (".keras", ".h5"):
-            raise UserError(f"--model {model_file} is not a .keras or .h5 file; give a run's export/model.keras "
-                            f"(or --run-dir RUN for its checkpoints)")
-        return
-    from job.commits import committed_steps
-    from job.storage import open_storage
-
-    storage = open_storage(run_dir)
-    try:
-        if not storage.is_remote and not storage.root.is_dir():
-            what = "is not a directory" if storage.root.exists() else "does not exist"
-            raise UserError(f"--run-dir {run_dir} {what}; give the run.dir of a training run (local or gs://)")
-        if not storage.exists("config.yaml"):
-            raise UserError(f"--run-dir {run_dir} is not a run directory (it has no config.yaml); give the run.dir "
-                            f"that `python -m job train` wrote")
-        if not committed_steps(storage):
-            raise UserError(f"--run-dir {run_dir} has no committed checkpoint yet; train first (or wait for the "
-                            f"first checkpoint)")
-        if checkpoint == "best" and not _has_validation(storage):
-            raise UserError(f"--run-dir {run_dir} has no best checkpoint: it has no validation split "
-                            f"(data.validation_split=0); use --checkpoint latest")
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - gs:// errors come in many types; one line says which
-        raise UserError(f"cannot read --run-dir {run_dir} ({type(e).__name__}: {first_line(e)})") from None
-
-
-def _has_validation(storage) -> bool:
-    from job.config import parse_yaml
-
-    tree = parse_yaml(storage.read_bytes("config.yaml").decode(), f"{storage.url}/config.yaml")
-    return bool((tree.get("data") or {}).get("validation_split"))
 
 
 def check_port(host: str, port: int) -> None:

@@ -41,12 +41,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from job.errors import first_line
 from job.images import ImageError, TooManyPixelsError, open_rgb, to_model_input
 from job.inference import prediction_record
+from job.overlay import OVERLAY_SIDE
 from job.serve.uploads import Limits, RequestError, Upload, read_uploads
 
 log = logging.getLogger("job")
 
 PAGE = Path(__file__).with_name("templates") / "index.html"
-OVERLAY_SIDE = 224  # the Grad-CAM overlay's side in pixels: the model's 32x32 input would be too small to see
 RETRY_AFTER_SECONDS = 5
 DEFAULT_TOP = 5
 # The page's policy: nothing but its own inline code and style, the API on the same origin, and the images the user
@@ -249,13 +249,9 @@ def open_image(upload: Upload, max_pixels: int) -> Image.Image:
 
 
 def overlay_data_url(image: Image.Image, heatmap: np.ndarray) -> str:
-    """The image's centre square at OVERLAY_SIDE pixels with the heat map (of the model's input, the same square)
-    upscaled smoothly on top, as a PNG data URL."""
-    from job.gradcam import overlay
+    """The image's Grad-CAM overlay (job/overlay.py) as a PNG data URL."""
+    from job.overlay import overlay_picture
 
-    base = to_model_input(image, OVERLAY_SIDE)
-    heat = Image.fromarray(np.asarray(heatmap, np.float32)).resize((OVERLAY_SIDE, OVERLAY_SIDE),
-                                                                        Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
-    Image.fromarray(overlay(base, np.asarray(heat))).save(buffer, "PNG", optimize=False)
+    overlay_picture(image, heatmap).save(buffer, "PNG", optimize=False)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
