@@ -3,8 +3,8 @@
 `SnapshotWriter(ckpt).write(prefix)` copies every variable of a tf.train.Checkpoint into a host-memory twin (one
 compiled call, so on a GPU one device-to-host copy per variable) and returns; an ordinary `tf.train.Checkpoint.write`
 of the twins then runs on a background thread. The twins sit in a tree with the checkpoint's own object graph (the
-same child names, the same shared objects), so the files are the ones `ckpt.write(prefix)` would have written, and
-`ckpt.read` restores them.
+same child names, the same shared objects) and carry the live variables' names (the object graph records them), so
+the files are byte for byte the ones `ckpt.write(prefix)` would have written, and `ckpt.read` restores them.
 
 At most one write is in flight: a write asked for while the previous one is still being written waits for it (logged),
 so memory holds one snapshot, which the twins are: they are made at the first write and reused.
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import keras
 import tensorflow as tf
+from tensorflow.python.checkpoint.util import get_full_name  # the name a checkpoint records for a variable
 from tensorflow.python.trackable.base import Trackable  # the base class TF documents for custom trackables
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ class _Twins:
                 return made[id(node)]
             live = _live_variable(node)
             if live is not None:
-                with tf.device("/cpu:0"):
-                    copy = tf.Variable(tf.zeros(live.shape, live.dtype), trainable=False, name="snapshot")
+                with tf.device("/cpu:0"):  # the live variable's name: the object graph records it (full_name)
+                    copy = tf.Variable(tf.zeros(live.shape, live.dtype), trainable=False, name=get_full_name(live))
                 # A variable in host memory already would only share its buffer with its twin (copy-on-write),
                 # moving the copy into the next training step: it is copied explicitly, so the snapshot pays for it.
                 pairs.append((copy, live, "CPU" in live.device.upper() or not live.device))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,8 @@ import pytest
 from PIL import Image
 
 from job.overlay import OVERLAY_SIDE
-from sample_images import digit_images, encode, truncated_png
-from trainer_runs import run_job, trainer_env
+from sample_images import digit_images, encode, rgb_png_bomb, truncated_png
+from trainer_runs import ROOT, job_command, run_job, trainer_env
 
 pytestmark = pytest.mark.usefixtures("digits_run")
 
@@ -87,6 +90,37 @@ def test_nothing_classifiable_is_exit_2_and_a_missing_path_is_refused_before_loa
         f"error: {tmp_path / 'nowhere.png'} does not exist; give an image file, a folder or a gs:// URL")
     result = predict("--run-dir", str(tmp_path), str(tmp_path / "notes.txt"))
     assert result.returncode == 2 and "is not a run directory" in result.stderr.strip().splitlines()[-1]
+
+
+def run_measuring_peak_memory(*args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, int]:
+    """`python -m job ARGS` and its own peak resident memory in MB (from wait4: this process alone)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(job_command(*args), cwd=ROOT, env=trainer_env(), stdout=out, stderr=err, text=True)
+        deadline = time.monotonic() + timeout
+        while not (ended := os.wait4(process.pid, os.WNOHANG))[0]:
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise AssertionError(f"{args} did not end within {timeout} s")
+            time.sleep(0.05)
+        process.returncode = os.waitstatus_to_exitcode(ended[1])
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()), \
+            ended[2].ru_maxrss // 1024
+
+
+def test_a_decompression_bomb_is_one_line_and_exit_2_without_being_decoded(digits_run, tmp_path):
+    """README: an image claiming more than --max-pixels is refused from its header. Decoding this 2.6 MB PNG would
+    take 3.6 GB (10 GB of peak RSS measured, decoding it without the check)."""
+    (tmp_path / "bomb.png").write_bytes(rgb_png_bomb(30_000))
+    result, peak_mb = run_measuring_peak_memory("predict", "--run-dir", str(digits_run), str(tmp_path / "bomb.png"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path / 'bomb.png'}: 30000x30000 = 900,000,000 pixels is over the limit of 40,000,000; "
+        "scale it down first",
+        "error: none of the 1 file(s) could be classified (see the lines above)"]
+    assert peak_mb < 1536, f"predict peaked at {peak_mb} MB"  # TensorFlow and the model: about 630 MB here
 
 
 def test_explain_writes_a_grad_cam_overlay_per_image(digits_run, images, tmp_path):

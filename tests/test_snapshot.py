@@ -1,8 +1,8 @@
 """Snapshot checkpoints (job/snapshot.py): training waits for a copy into host memory, the write runs in the background.
 
-What a trainer relies on: the files are exactly those tf.train.Checkpoint.write would have written (so every reader and
-every older run keeps working); they hold the values of the moment of the snapshot, whatever training does next; one
-write at a time, and a wait for it is logged; a failed write is reported, never committed.
+What a trainer relies on: the files are byte for byte those tf.train.Checkpoint.write would have written (so every
+reader and every older run keeps working); they hold the values of the moment of the snapshot, whatever training does
+next; one write at a time, and a wait for it is logged; a failed write is reported, never committed.
 """
 import logging
 import threading
@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
 from job.builder import build_run
 from job.checkpoint import CheckpointStore
@@ -37,23 +38,43 @@ def _tensors(prefix: str) -> dict[str, np.ndarray]:
             if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
+def _object_graph(prefix: str) -> TrackableObjectGraph:
+    graph = TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(prefix).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return graph
+
+
 @pytest.mark.parametrize("preset, overrides", [
     ("cifar10_simple_cnn", ()),
     ("cifar10_resnet20", ("train.precision=mixed_float16",)),  # the loss-scale optimizer's own variables as well
     ("cifar100_vgg16_transfer", ("model.weights=none",)),  # a frozen backbone
 ])
 def test_a_snapshot_writes_the_files_checkpoint_write_writes_and_reads_back(tmp_path, preset, overrides):
+    """README "Checkpoint saves": byte for byte the files of tf.train.Checkpoint.write. What a reader sees is compared
+    first (it names what differs), then the bytes."""
     parts = _parts(tmp_path, preset, *overrides)
     ckpt = parts.checkpoint
-    ckpt.write(str(tmp_path / "tf" / "ckpt"))
-    snapshot = SnapshotWriter(ckpt).write(str(tmp_path / "snapshot" / "ckpt"))
+    expected_prefix, written_prefix = str(tmp_path / "tf" / "ckpt"), str(tmp_path / "snapshot" / "ckpt")
+    ckpt.write(expected_prefix)
+    snapshot = SnapshotWriter(ckpt).write(written_prefix)
     assert snapshot.wait(timeout=600) and snapshot.error is None
 
-    expected, written = _tensors(str(tmp_path / "tf" / "ckpt")), _tensors(str(tmp_path / "snapshot" / "ckpt"))
-    assert written.keys() == expected.keys() and len(written) > 20
-    for name in expected:
-        np.testing.assert_array_equal(written[name], expected[name], err_msg=name)
-    status = ckpt.read(str(tmp_path / "snapshot" / "ckpt"))
+    # The object graph: every object, its children's names, its variables' checkpoint keys and full names, the
+    # optimizer's slot variables.
+    expected_graph, written_graph = _object_graph(expected_prefix), _object_graph(written_prefix)
+    assert len(written_graph.nodes) == len(expected_graph.nodes) > 20
+    for index, (written_node, expected_node) in enumerate(zip(written_graph.nodes, expected_graph.nodes)):
+        assert written_node == expected_node, f"object graph node {index}:\n{written_node}\nexpected\n{expected_node}"
+    expected, written = tf.train.load_checkpoint(expected_prefix), tf.train.load_checkpoint(written_prefix)
+    assert written.get_variable_to_shape_map() == expected.get_variable_to_shape_map()
+    assert written.get_variable_to_dtype_map() == expected.get_variable_to_dtype_map()
+    for name in expected.get_variable_to_shape_map():
+        np.testing.assert_array_equal(written.get_tensor(name), expected.get_tensor(name), err_msg=name)
+    files = {path.name: path.read_bytes() for path in (tmp_path / "tf").iterdir()}
+    assert sorted(files) == ["ckpt.data-00000-of-00001", "ckpt.index"]
+    assert {path.name: path.read_bytes() for path in (tmp_path / "snapshot").iterdir()} == files
+
+    status = ckpt.read(written_prefix)
     status.assert_consumed()  # every object of the live graph found its values, and every value its object
 
 
