@@ -111,7 +111,7 @@ def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True,
     batches = plan_batches(cfg, backend.num_workers, backend.num_replicas)
     if splits is None:
         splits = datalib.load_splits(cfg.data, cfg.train.seed)  # bad data fails before the run dir is touched
-    run = RunDir.open(cfg.run_dir, cfg.run.work_dir, cfg.run.summary_flush_seconds)
+    run = RunDir.open(cfg.run_dir, cfg.run.work_dir, cfg.run.summary_flush_seconds, worker=backend.worker_index)
     check_run_config(run.storage, cfg)  # refuses a changed model/dataset before anything is written
     if backend.is_chief:
         store_run_config(run, cfg)

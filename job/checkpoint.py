@@ -22,9 +22,11 @@ worst files no commit names, which a later commit removes.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from job.commits import commit_path, committed_steps
-from job.errors import UserError, first_line
+from job.errors import DiskFullError, UserError, first_line
 from job.layout import CKPT_DIR, CKPT_STATE_FILE
 from job.metrics import BEST_METRIC
 from job.rundir import RunDir
@@ -127,12 +129,24 @@ class CheckpointStore:
         """Wait (on the commit thread) until the snapshot's background write has ended; raise UserError if it failed."""
         snapshot.wait()
         error = snapshot.error
+        if error is not None:
+            self._discard_partial(snapshot.prefix)
         if isinstance(error, tf.errors.NotFoundError):  # its folder or temp files vanished while TensorFlow wrote them
             raise UserError(f"checkpoint {snapshot.prefix} was deleted while it was written ({error.message[-120:]}): "
                             f"is another trainer writing to {self.run.url}? Give each run its own run.dir")
+        if _out_of_space(error):
+            raise DiskFullError(f"could not write checkpoint {snapshot.prefix}: no space left on the disk of "
+                                f"{self.run.local}; free space there (or give it a bigger disk), then run the same "
+                                f"command again: it resumes from the last committed checkpoint")
         if error is not None:
             raise UserError(f"could not write checkpoint {snapshot.prefix} ({type(error).__name__}: "
                             f"{first_line(error, 200)}): is the disk of {self.run.local} full or read-only?")
+
+    def _discard_partial(self, prefix: str) -> None:
+        """What a failed write left (this writer's names only): a half-written data file would keep a full disk full."""
+        shutil.rmtree(prefix + "_temp", ignore_errors=True)
+        for path in Path(prefix).parent.glob(Path(prefix).name + ".*"):
+            path.unlink(missing_ok=True)
 
     def _prefix(self, step: int) -> str:
         """The name of this writer's files of checkpoint `step`."""
@@ -387,6 +401,13 @@ class CheckpointStore:
                             f"or optimizer config changed?): {first_line(e, 200)}") from None
         status.expect_partial()  # values of objects not built yet (e.g. optimizer slots) are restored when they are
         self._saved[committed.step] = committed.prefix  # saving it again (preempted right after resuming): a no-op
+
+
+def _out_of_space(error: BaseException | None) -> bool:
+    """ENOSPC, as TensorFlow's writer (RESOURCE_EXHAUSTED, "No space left on device") or Python reports it."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, tf.errors.ResourceExhaustedError) and "No space left on device" in str(error)
 
 
 def _mismatch(path: Path, expected: dict) -> str:

@@ -101,7 +101,7 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = "runs/{preset}"  # local path or gs://bucket/prefix; {preset} is replaced by the preset name
-    work_dir: str = ""  # local working copy for remote runs; default: a folder under the system temp dir
+    work_dir: str = ""  # working copy of a remote run, never deleted; default: under $TMPDIR/job-runs (job/workcopy.py)
     summary_flush_seconds: float = 60.0  # how often TensorBoard event files are flushed (and uploaded)
     progress: bool = True  # progress bar; off in CI logs
     # train metrics (progress, TensorBoard scalars, the divergence check) every this many steps and at each epoch's

@@ -22,6 +22,13 @@ class StorageUnavailableError(UserError):
     exit_code = 1
 
 
+class DiskFullError(UserError):
+    """A local disk (the run directory or the working copy) ran out of space. The environment's problem, not the
+    input's: freeing space and running the same command again resumes, so the exit code is the retriable one."""
+
+    exit_code = 1
+
+
 # Exit codes, chosen so Kubernetes' podFailurePolicy can tell them apart (k8s/job.yaml relies on these numbers).
 EXIT_OK = 0
 EXIT_CRASH = 1  # unexpected error: counts against the Job's backoffLimit

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from job.errors import StorageUnavailableError, UserError, first_line
 from job.storage import LocalStorage, Storage, open_storage
+from job.workcopy import WorkingCopy
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,11 @@ class _Task:
 
 
 class RunDir:
-    def __init__(self, url: str, local: Path, storage: Storage, flush_seconds: float):
+    def __init__(self, url: str, local: Path, storage: Storage, flush_seconds: float,
+                 copy: WorkingCopy | None = None):
         self.url = url
         self.local = local
+        self._copy = copy  # a remote run's working copy: removed by a close that stored everything, if made here
         self.storage = storage  # the run URL's storage (the run directory itself for local runs)
         self.is_remote = storage.is_remote
         self.flush_seconds = flush_seconds
@@ -67,13 +70,19 @@ class RunDir:
 
     @classmethod
     def open(cls, url: str, work_dir: str = "", flush_seconds: float = 60.0,
-             retry_seconds: float | None = None) -> RunDir:
-        """Check the run URL is usable (a one-line UserError if not) and set up the local working copy.
+             retry_seconds: float | None = None, worker: int | None = None) -> RunDir:
+        """Check the run URL is usable (a one-line UserError if not) and set up the local working copy: `work_dir`,
+        else the folder of this run and `worker` on this machine (a trainer: job/workcopy.py), else a fresh one.
         `retry_seconds`: budget of each storage call (default: storage.default_retry_seconds())."""
         storage = open_storage(url, retry_seconds=retry_seconds)
         storage.preflight()
+        copy = None
         if storage.is_remote:
-            local = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="job-run-"))
+            if work_dir:
+                copy = WorkingCopy.given(Path(work_dir))
+            else:
+                copy = WorkingCopy.claim(storage.url, worker) if worker is not None else WorkingCopy.fresh()
+            local = copy.path
             try:
                 local.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -82,7 +91,7 @@ class RunDir:
         else:
             local = Path(url)
             storage = LocalStorage(local)
-        return cls(url=storage.url, local=local, storage=storage, flush_seconds=flush_seconds)
+        return cls(url=storage.url, local=local, storage=storage, flush_seconds=flush_seconds, copy=copy)
 
     def __repr__(self) -> str:
         return f"RunDir({self.url!r}, local={str(self.local)!r})"
@@ -176,8 +185,9 @@ class RunDir:
                 self._closing = False
 
     def close(self, timeout: float) -> None:
-        """Flush watched files and wait (at most `timeout` s) for every queued upload. Raises UserError naming what
-        could not be stored (it stays in the local working copy) or the first failure of a background task."""
+        """Flush watched files and wait (at most `timeout` s) for every queued upload, then remove a working copy made
+        for this run (not a run.work_dir). Raises UserError naming what could not be stored (it stays in the local
+        working copy, for the next start to reuse) or the first failure of a background task."""
         if self._closed:
             return
         self._closed = True
@@ -187,6 +197,8 @@ class RunDir:
             self._stopped = True
             self._cv.notify_all()
         self._thread.join(timeout=1.0)  # a request in flight may take longer; the daemon thread ends after it
+        if self._copy is not None and drained and not self._failures:
+            self._copy.remove()  # everything is in the bucket
         self.raise_if_failed()
         if not drained:
             shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")

@@ -5,7 +5,7 @@ kill it mid-trial at a known moment:
 
 The first trial this worker trains is held after step N: its checkpoint at step N is saved and committed, the line
 `HELD trial run at step N` is printed, and the training thread waits forever (the trial's heartbeat goes on, as a
-live worker's does) until the test kills the process.
+live worker's does) until the test kills the process; with `--wait-for FILE`, until FILE exists, then it trains on.
 """
 from __future__ import annotations
 
@@ -13,19 +13,23 @@ import argparse
 import sys
 import threading
 import time
+from pathlib import Path
 
 from job.cli import build_parser, setup_logging
 from job.commits import committed_steps
+from job.errors import UserError
 from job.hooks import Hook, Save
 from job.storage import open_storage
 
 
 class HoldAfterCheckpoint(Hook):
-    """Saves at step N, waits until that checkpoint's commit object is stored, announces it and holds forever."""
+    """Saves at step N, waits until that checkpoint's commit object is stored, announces it, and holds: forever, or
+    until the file `wait_for` exists."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, wait_for: str = ""):
         self.every_steps = step  # a step event at step N whatever train.steps_per_call is
         self.step = step
+        self.wait_for = Path(wait_for) if wait_for else None
         self.held = False
 
     def on_step(self, state):
@@ -44,12 +48,16 @@ class HoldAfterCheckpoint(Hook):
                 raise RuntimeError(f"checkpoint {self.step} of {state.run.url} was not committed within 60 s")
             time.sleep(0.05)
         print(f"HELD {state.run.url} at step {self.step}", flush=True)
-        threading.Event().wait()
+        if self.wait_for is None:
+            threading.Event().wait()
+        while not self.wait_for.exists():  # the test's go; it kills this process if it never comes
+            time.sleep(0.05)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hold-at-step", type=int, required=True)
+    parser.add_argument("--wait-for", default="", help="hold only until this file exists")
     parser.add_argument("tune_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     tune_args = args.tune_args[1:] if args.tune_args[:1] == ["--"] else args.tune_args
@@ -61,8 +69,12 @@ def main() -> int:
 
     space = load_space(tune.space)
     study = open_study(space, storage_url(tune.storage, tune.study_dir))
-    return run_worker(study, tune.config, list(tune.overrides), tune.study_dir,
-                      extra_hooks=[HoldAfterCheckpoint(args.hold_at_step)])
+    try:
+        return run_worker(study, tune.config, list(tune.overrides), tune.study_dir,
+                          extra_hooks=[HoldAfterCheckpoint(args.hold_at_step, args.wait_for)])
+    except UserError as e:  # as job.cli.main reports it
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from job.checkpoint import CheckpointStore
 from job.errors import UserError
 from job.rundir import RunDir
 from job.storage import open_storage
+from job.workcopy import folder_name
 from trainer_runs import kill_hard, run_job, start_job, trainer_env, user_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -148,6 +149,34 @@ def test_kill_minus_nine_wipe_the_disk_and_resume_from_the_bucket(gcs_server, gc
     assert_same_weights(weights, reference.weights)
     assert_run_complete(url)
     assert stored_commits(url) == reference.commits  # the same checkpoints kept (newest 3 and the best)
+
+
+def test_a_killed_trainers_working_copy_is_reused_and_a_finished_one_leaves_none(gcs_server, gcs_bucket, tmp_path):
+    """No run.work_dir (README, "working copy"): the trainer's copy is a fixed folder under $TMPDIR/job-runs, which a
+    kill -9 leaves behind, the next start reuses, and the end of the run removes."""
+    url, temp_dir = gcs_bucket + "/run", tmp_path / "tmp"
+    temp_dir.mkdir()
+    command = ["train", *TINY, f"run.dir={url}"]
+    proxy = GcsProxy(gcs_server.endpoint)
+    proxy.hold("upload", r"/checkpoints/ckpt-15\.commit\.json$")  # killed with ckpt-10 committed
+    process = start_job(*command, env=trainer_env(TMPDIR=str(temp_dir), **proxy.env()), log_path=tmp_path / "first.log")
+    try:
+        proxy.wait_held(timeout=600, check=lambda: _alive(process, tmp_path / "first.log"))
+        kill_hard(process)
+    finally:
+        if process.poll() is None:
+            kill_hard(process)
+        proxy.close()
+    left = temp_dir / "job-runs" / folder_name(url, 0)
+    assert list((left / "checkpoints").glob("ckpt-15-*.index")), sorted(p.name for p in left.rglob("*"))
+
+    again = run_job(*command, env=trainer_env(TMPDIR=str(temp_dir), **gcs_server.env()))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"reusing the working copy {left} that an earlier start of {url} left" in again.stderr
+    assert "resuming from step 10 (" in again.stderr
+    assert_run_complete(url)
+    assert not (temp_dir / "job-runs").exists(), sorted(str(p) for p in temp_dir.rglob("*"))
+    assert not list(temp_dir.glob("job-*")), sorted(p.name for p in temp_dir.iterdir())
 
 
 def _alive(process: subprocess.Popen, log: Path) -> None:

@@ -4,8 +4,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from google.api_core.exceptions import RetryError
@@ -13,6 +17,9 @@ from google.api_core.exceptions import RetryError
 from job.errors import UserError
 from job.rundir import RunDir
 from job.storage import AlreadyExistsError, open_storage
+from job.workcopy import folder_name
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -287,3 +294,87 @@ def test_close_with_the_server_down_past_the_timeout_names_what_was_not_stored(g
     assert "final_eval.json" in message and run.url in message and str(run.local) in message
     assert "\n" not in message
     assert caught.value.exit_code == 1, "an outage is worth retrying: the pod's exit must not fail the Job at once"
+
+
+# ------------------------------------------------------------------------- the working copy of a remote run (README)
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch):
+    """The system temp dir, as tempfile sees it (TMPDIR for child processes)."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    return folder
+
+
+def _store_one_file(run: RunDir) -> None:
+    (run.local / "eval.json").write_text("{}")
+    run.publish("eval.json")
+
+
+def test_a_trainers_working_copy_is_removed_once_everything_is_stored(gcs_bucket, temp_dir):
+    url = gcs_bucket + "/run"
+    run = RunDir.open(url, worker=3)
+    assert run.local == temp_dir / "job-runs" / folder_name(url, 3)
+    _store_one_file(run)
+    run.close(timeout=60)
+    assert open_storage(url).list() == ["eval.json"]
+    assert list(temp_dir.iterdir()) == []
+
+
+def test_a_readers_working_copy_is_removed_too(gcs_bucket, temp_dir):
+    run = RunDir.open(gcs_bucket + "/run")  # evaluate, predict, report: no worker
+    assert run.local.parent == temp_dir / "job-runs" and run.local.is_dir()
+    _store_one_file(run)
+    run.close(timeout=60)
+    assert list(temp_dir.iterdir()) == []
+
+
+def test_a_given_work_dir_is_never_deleted(gcs_bucket, tmp_path, temp_dir):
+    run = RunDir.open(gcs_bucket + "/run", work_dir=str(tmp_path / "mine"), worker=0)
+    _store_one_file(run)
+    run.close(timeout=60)
+    assert (tmp_path / "mine" / "eval.json").read_text() == "{}"
+
+
+def test_a_working_copy_left_by_a_killed_process_is_reused(gcs_bucket, temp_dir, caplog):
+    url = gcs_bucket + "/run"
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, sys; from job.rundir import RunDir; "
+         "run = RunDir.open(sys.argv[1], worker=0); (run.local / 'left.txt').write_text('x'); "
+         "os.kill(os.getpid(), 9)", url], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120,
+        capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    left = temp_dir / "job-runs" / folder_name(url, 0)
+    assert (left / "left.txt").is_file()
+    with caplog.at_level(logging.INFO, logger="job"):
+        run = RunDir.open(url, worker=0)
+    assert run.local == left and (run.local / "left.txt").is_file()
+    assert f"reusing the working copy {left} that an earlier start of {url} left" in caplog.text
+    run.close(timeout=60)
+    assert not left.exists()
+
+
+def test_two_trainers_on_one_machine_never_share_a_working_copy(gcs_bucket, temp_dir, caplog):
+    url = gcs_bucket + "/run"
+    first = RunDir.open(url, worker=0)
+    with caplog.at_level(logging.WARNING, logger="job"):
+        second = RunDir.open(url, worker=0)  # another flock on the same folder: refused, as for another process
+    assert first.local.name == folder_name(url, 0) and second.local.name == folder_name(url, 0) + ".1"
+    assert f"another process on this machine uses the working copy of {url} (worker 0)" in caplog.text
+    other_worker = RunDir.open(url, worker=1)
+    assert other_worker.local.name == folder_name(url, 1)
+    for run in (first, second, other_worker):
+        run.close(timeout=60)
+    assert list(temp_dir.iterdir()) == []
+
+
+def test_a_working_copy_that_could_not_be_stored_stays(gcs_outage_server, temp_dir):
+    server = gcs_outage_server
+    run = RunDir.open(f"gs://{server.create_bucket()}/run", retry_seconds=0.5, worker=0)
+    server.stop()
+    _store_one_file(run)
+    with pytest.raises(UserError, match="they remain in the local working copy"):
+        run.close(timeout=2)
+    assert (run.local / "eval.json").is_file(), "the next start reuses it, or the user copies it up"

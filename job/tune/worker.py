@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from job.errors import EXIT_OK, EXIT_PREEMPTED, UserError, first_line
 from job.hooks import Hook, Stop
 from job.metrics import BEST_METRIC
+from job.tune.database import DatabaseUnavailableError, patiently
 from job.tune.study import ERROR_ATTR, RUN_ATTR, Study, origin_number
 
 log = logging.getLogger("job")
@@ -48,8 +49,9 @@ class TrialReport(Hook):
         self.epochs = epoch
         if not validation:
             return None
-        self.trial.report(float(validation[BEST_METRIC]), step=epoch)
-        if state.run.is_chief and self.pruned_at is None and self.trial.should_prune():
+        patiently(lambda: self.trial.report(float(validation[BEST_METRIC]), step=epoch), "reporting an epoch")
+        if (state.run.is_chief and self.pruned_at is None
+                and patiently(self.trial.should_prune, "asking the pruner")):
             self.pruned_at = epoch
             log.info("trial %d pruned after epoch %d (validation top-1 %.4f is below the median of earlier trials)",
                      self.trial.number, epoch, validation[BEST_METRIC])
@@ -71,7 +73,7 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._beat, name=f"heartbeat {trial.number}", daemon=True)
 
     def __enter__(self):
-        self.storage.record_heartbeat(self.trial_id)
+        patiently(lambda: self.storage.record_heartbeat(self.trial_id), "recording a heartbeat")
         self.thread.start()
         return self
 
@@ -92,12 +94,12 @@ def run_worker(study: Study, config: str, overrides: list[str], study_dir: str, 
     committed; the trial is retried, resuming, by whichever worker runs next)."""
     trained = 0
     while True:
-        study.fail_stale()
-        if study.done():
+        patiently(study.fail_stale, "looking for dead trials")
+        if patiently(study.done, "counting finished trials"):
             log.info("study %s has its %d trials; this worker trained %d", study.space.study, study.space.trials,
                      trained)
             return EXIT_OK
-        trial = study.take_queued() or study.take_new()
+        trial = patiently(study.take_queued, "taking a queued trial") or patiently(study.take_new, "asking for a trial")
         if trial is None:  # others are training the last trials; one of them may die and need a retry
             time.sleep(WAIT_SECONDS)
             continue
@@ -112,11 +114,11 @@ def run_trial(study: Study, trial: optuna.Trial, config: str, overrides: list[st
     from job import config as configlib
     from job.train import train
 
-    frozen = study.storage.get_trial(trial._trial_id)
+    frozen = patiently(lambda: study.storage.get_trial(trial._trial_id), "reading the trial")
     number = origin_number(frozen)
-    values = {p.key: _suggest(trial, p) for p in study.space.params}
+    values = patiently(lambda: {p.key: _suggest(trial, p) for p in study.space.params}, "suggesting values")
     run_dir = f"{study_dir.rstrip('/')}/trials/{number}"
-    trial.set_user_attr(RUN_ATTR, run_dir)
+    patiently(lambda: trial.set_user_attr(RUN_ATTR, run_dir), "storing the trial's run dir")
     retry = f" (retry of trial {number})" if number != trial.number else ""
     log.info("trial %d%s: %s in %s", trial.number, retry, _describe(values), run_dir)
     report = TrialReport(trial)
@@ -125,6 +127,8 @@ def run_trial(study: Study, trial: optuna.Trial, config: str, overrides: list[st
         try:
             cfg = configlib.load_config(config, [*overrides, *_as_overrides(values), f"run.dir={run_dir}"])
             code = train(cfg, extra_hooks=[report, *extra_hooks])
+        except DatabaseUnavailableError:
+            raise  # the worker's problem: the trial stays unfinished, to be retried from its checkpoints
         except UserError as e:  # a diverged loss, a bad value: a result of this trial, not of the worker
             log.warning("trial %d failed: %s", trial.number, e)
             trial.set_user_attr(ERROR_ATTR, str(e))
@@ -136,17 +140,19 @@ def run_trial(study: Study, trial: optuna.Trial, config: str, overrides: list[st
         log.warning("trial %d stopped by SIGTERM with its checkpoint committed; it is retried after the grace period "
                     "(%.0f s) and resumes there", trial.number, study.space.grace_seconds)
         return code
-    trial.set_user_attr(EPOCHS_ATTR, report.epochs)
-    trial.set_user_attr(RESUMED_ATTR, report.resumed_from)
-    trial.set_user_attr("seconds", round(time.time() - started, 1))
+    seconds = round(time.time() - started, 1)
+    patiently(lambda: [trial.set_user_attr(EPOCHS_ATTR, report.epochs),
+                       trial.set_user_attr(RESUMED_ATTR, report.resumed_from), trial.set_user_attr("seconds", seconds)],
+              "storing the trial's figures")
+    # skip_if_finished: a repeated tell (its first reply lost with the connection) must not count the trial twice
     if report.pruned_at is not None:
-        study.study.tell(trial, state=TrialState.PRUNED)
+        patiently(lambda: study.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True), "telling the result")
     elif report.best is None:  # no epoch was validated (a run whose epochs were all trained already)
-        trial.set_user_attr(ERROR_ATTR, "no validation top-1 was recorded")
-        study.study.tell(trial, state=TrialState.FAIL)
+        patiently(lambda: [trial.set_user_attr(ERROR_ATTR, "no validation top-1 was recorded"),
+                           study.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)], "telling the result")
         return EXIT_OK
     else:
-        study.study.tell(trial, report.best)
+        patiently(lambda: study.study.tell(trial, report.best, skip_if_finished=True), "telling the result")
     log.info("trial %d %s: best validation top-1 %.4f after %d epochs", trial.number,
              "pruned" if report.pruned_at is not None else "complete", report.best or 0.0, report.epochs)
     return EXIT_OK
