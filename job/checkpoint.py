@@ -355,6 +355,17 @@ class CheckpointStore:
         self._wait_for_own_commits()
         return self._first_usable(self._by_metric(self.committed_steps()), "scored")
 
+    def why_none(self, which: str = "latest") -> str:
+        """Why latest() (`which` "latest") or best() ("best") found nothing: the end of a one-line error whose
+        beginning names the run. Damaged checkpoints are never deleted by a reader; the warnings above name them."""
+        if self._damaged:
+            damaged = ", ".join(_name(s) for s in sorted(self._damaged))
+            return (f"has no usable checkpoint: {damaged} failed verification (see the warnings above); restore "
+                    f"{CKPT_DIR}/ from a copy, or train again into a new run.dir")
+        if which == "best":
+            return "has no checkpoint scored on a validation split; use --checkpoint latest"
+        return "has no committed checkpoint yet; train first"
+
     def restore(self, ckpt: tf.train.Checkpoint, committed: Committed) -> None:
         status = ckpt.read(committed.prefix)
         try:

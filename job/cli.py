@@ -190,6 +190,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return tune(args)
     if args.command == "evaluate":
+        from job.report.commands import check_run
+
+        check_run(args.run_dir, args.checkpoint)
         from job.evaluate import evaluate_run
 
         evaluate_run(args.run_dir, args.checkpoint)

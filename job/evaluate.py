@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,21 @@ def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: s
     return metrics
 
 
+def _check_readable(prefix: str) -> None:
+    """Every tensor of the checkpoint `prefix` reads back (TensorBundle checks each one's CRC), or a one-line
+    UserError: before Checkpoint.read, which would fail half-way with a traceback."""
+    from job.errors import UserError, first_line
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except tf.errors.OpError as e:
+        why = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", first_line(e.message))
+        raise UserError(f"checkpoint {prefix} cannot be read ({type(e).__name__}: {why}); give another prefix, or "
+                        f"'latest' for the newest one that verifies") from None
+
+
 def evaluate_run(run_dir: str, checkpoint: str = "") -> dict[str, Any]:
     """`python -m job evaluate`: rebuild the run's model, restore a checkpoint (default: the newest committed one,
     `best` for the best by validation top-1, or a checkpoint prefix), evaluate and store."""
@@ -141,7 +157,9 @@ def evaluate_run(run_dir: str, checkpoint: str = "") -> dict[str, Any]:
                             "prefix such as RUN/checkpoints/ckpt-1000, or 'latest' / 'best'")
         chosen = Committed(step=-1, prefix=checkpoint, metrics={})
     if chosen is None:
-        raise UserError(f"{parts.run.url} has no committed checkpoint to evaluate; train first")
+        raise UserError(f"{parts.run.url} {parts.store.why_none('best' if checkpoint == 'best' else 'latest')}")
+    if chosen.step == -1:  # a prefix given by hand has no commit object to verify it against
+        _check_readable(chosen.prefix)
     parts.checkpoint.read(chosen.prefix).expect_partial()
     metrics = evaluate_and_store(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step,
                                  label=checkpoint or "latest")

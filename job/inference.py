@@ -69,6 +69,9 @@ class Classifier:
     @classmethod
     def from_run(cls, run_dir: str, checkpoint: str = "latest") -> Classifier:
         """The run's model at its newest committed checkpoint, or its best by validation top-1."""
+        from job.report.rundata import load_run
+
+        load_run(run_dir)  # a path that is no run: one line, before TensorFlow, and not created (RunDir.open would)
         import tensorflow as tf
 
         from job.builder import load_run_config
@@ -84,9 +87,7 @@ class Classifier:
             store = CheckpointStore(run, keep=cfg.checkpoint.keep)
             chosen = store.latest() if checkpoint == "latest" else store.best()
             if chosen is None:
-                why = ("has no committed checkpoint yet; train first" if checkpoint == "latest" else
-                       "has no checkpoint scored on a validation split; use --checkpoint latest")
-                raise UserError(f"{run.url} {why}")
+                raise UserError(f"{run.url} {store.why_none(checkpoint)}")
             model = build_inference_model(cfg, len(classes))
             tf.train.Checkpoint(model=model).read(chosen.prefix).expect_partial()
             metrics = run.read_json(METRICS_FILE) or {}
@@ -112,6 +113,9 @@ class Classifier:
                             "--run-dir RUN for its checkpoints)")
         if not file.is_file():
             raise UserError(f"--model {path} does not exist; give a run's export/model.keras")
+        from job.modelfile import check_model_file
+
+        check_model_file(path)
         try:
             model = load_model(str(file))
         except Exception as e:  # noqa: BLE001 - keras raises many types for a file that is not a saved model

@@ -153,6 +153,9 @@ def check_source(run_dir: str | None, model_file: str | None, checkpoint: str = 
         if path.suffix not in (".keras", ".h5"):
             raise UserError(f"--model {model_file} is not a .keras or .h5 file; give a run's export/model.keras "
                             f"(or --run-dir RUN for its checkpoints)")
+        from job.modelfile import check_model_file
+
+        check_model_file(model_file)
         return
     from job.commits import committed_steps
     from job.storage import open_storage
