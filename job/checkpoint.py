@@ -392,6 +392,15 @@ class CheckpointStore:
         self._wait_for_own_commits()
         return self._first_usable(self._by_metric(self.committed_steps()), "scored")
 
+    def damaged_reason(self) -> str:
+        """Why latest() or best() found nothing when it was damage ("" otherwise): the end of a one-line error whose
+        beginning names the run. Damaged checkpoints are never deleted by a reader; the warnings above name them."""
+        if not self._damaged:
+            return ""
+        damaged = ", ".join(_name(s) for s in sorted(self._damaged))
+        return (f"has no usable checkpoint: {damaged} failed verification (see the warnings above); restore "
+                f"{CKPT_DIR}/ from a copy, or train again into a new run.dir")
+
     def restore(self, ckpt: tf.train.Checkpoint, committed: Committed) -> None:
         status = ckpt.read(committed.prefix)
         try:

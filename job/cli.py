@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from job.cliargs import OneLineParser, port_number, positive_float, positive_int
 from job.errors import EXIT_CRASH, UserError, first_line
 from job.relay import TARGETS as RELAY_TARGETS
 
@@ -13,7 +14,7 @@ log = logging.getLogger("job")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m job",
+    parser = OneLineParser(prog="python -m job",
                                      description="Train, resume and evaluate CIFAR-10/100 classifiers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,23 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_arguments(predict)
     predict.add_argument("paths", nargs="+", metavar="PATH",
                          help="an image file, a folder (its images, recursively), or a gs:// object or prefix")
-    predict.add_argument("--top", type=int, default=5, help="how many classes to show per image (default 5)")
+    predict.add_argument("--top", type=positive_int, default=5, help="how many classes to show per image (default 5)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     predict.add_argument("--explain", metavar="DIR", default="",
                          help="write a Grad-CAM overlay per image into DIR (what the model looked at)")
-    predict.add_argument("--max-pixels", type=int, default=None,
+    predict.add_argument("--max-pixels", type=positive_int, default=None,
                          help="refuse images with more pixels than this (default 40,000,000)")
 
     serve = sub.add_parser("serve", help="a web page and an HTTP API that classify uploaded images")
     add_weights_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default loopback; 0.0.0.0 in a container)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    serve.add_argument("--max-request-mb", type=float, default=None, metavar="MB",
+    serve.add_argument("--port", type=port_number, default=8080, help="port (default 8080)")
+    serve.add_argument("--max-request-mb", type=positive_float, default=None, metavar="MB",
                        help="largest request body (default 32, or JOB_SERVE_MAX_REQUEST_MB); larger gets 413")
-    serve.add_argument("--max-files", type=int, default=None, metavar="N",
+    serve.add_argument("--max-files", type=positive_int, default=None, metavar="N",
                        help="most files per request (default 64, or JOB_SERVE_MAX_FILES); more gets 413")
-    serve.add_argument("--max-pixels", type=int, default=None, metavar="N",
+    serve.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                        help="most pixels per image, from its header before decoding (default 40,000,000, or "
                             "JOB_SERVE_MAX_PIXELS); more gets 413")
 
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "default runs/tune-<study>)")
     tune.add_argument("--storage", default="", help="the study database URL, e.g. postgresql+psycopg://user@host/db "
                                                     "(default: $JOB_TUNE_STORAGE, else SQLite in the study dir)")
-    tune.add_argument("--workers", type=int, default=1, help="trial workers to run on this machine (default 1)")
+    tune.add_argument("--workers", type=positive_int, default=1,
+                      help="trial workers to run on this machine (default 1)")
     tune.add_argument("--summary", action="store_true", help="print the leaderboard and write best.yaml and "
                                                              "report.html now; train nothing")
     tune.add_argument("--no-results", action="store_true", help=argparse.SUPPRESS)  # the workers of --workers K
@@ -88,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (local path or gs://)")
     status.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
     status.add_argument("--json", action="store_true", help="one JSON object (per refresh) for scripts")
-    status.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
-    status.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
+    status.add_argument("--interval", type=positive_float, default=5.0, help="seconds between refreshes with --watch")
+    status.add_argument("--stale-after", type=positive_float, default=None, metavar="SECONDS",
                         help="call a running run's heartbeat lost after this long (default: 3 flush intervals, "
                              "at least 10 s)")
 

@@ -6,7 +6,8 @@
                              serving_default (float32 images in [0, 255]) and serving_uint8 (uint8 images), both
                              (n, S, S, 3) -> probabilities (n, classes), class_ids (n,), class_names (n,)
     export/classes.json      {"classes": [name of class 0, ...]}
-    export/model_card.json   the input it takes, how to bring an image to it, its metrics; MODEL_CARD.md for people
+    export/model_card.json   the input it takes, how to bring an image to it, its metrics, the model files' SHA-256;
+                             MODEL_CARD.md for people
 """
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from job.inference import dataset_name
 from job.layout import CLASSES_FILE, EXPORT_DIR, H5_FILE, KERAS_FILE, MODEL_CARD_FILE, SAVED_MODEL_DIR
+from job.modelfile import CHECKSUMS_KEY, file_checksum
 from job.rundir import RunDir
 
 log = logging.getLogger("job")
@@ -41,6 +44,7 @@ def export_model(run: RunDir, cfg, model: keras.Model, class_names: list[str], e
     write_saved_model(model, class_names, run.local / SAVED_MODEL_DIR)
     run.write_json(f"{EXPORT_DIR}/{CLASSES_FILE}", {"classes": list(class_names)})
     card = model_card(cfg, model, class_names, evaluation)
+    card[CHECKSUMS_KEY] = {Path(f).name: file_checksum(run.local / f) for f in (KERAS_FILE, H5_FILE)}  # modelfile.py
     run.write_json(f"{EXPORT_DIR}/{MODEL_CARD_FILE}", card)
     (run.local / CARD_MARKDOWN).write_text(card_markdown(card))
     for relpath in (KERAS_FILE, H5_FILE, SAVED_MODEL_DIR, CARD_MARKDOWN):

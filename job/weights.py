@@ -71,6 +71,9 @@ def check_model_file(path: str) -> None:
     if file.suffix not in MODEL_SUFFIXES:
         raise UserError(f"--model {path} is not a .keras or .h5 file; give a run's export/model.keras (or --run-dir "
                         f"RUN for its checkpoints)")
+    from job.modelfile import check_intact
+
+    check_intact(path)  # truncated or damaged, or not the file its model card describes
 
 
 def check(selection: Selection) -> None:
@@ -92,10 +95,10 @@ def check(selection: Selection) -> None:
                             f"that `python -m job train` wrote")
         if selection.is_prefix:
             return _check_prefix(selection.checkpoint)
-        if not committed_steps(storage):
-            raise no_checkpoint(run_dir)
         if selection.checkpoint == BEST and not _has_validation(storage):
             raise no_best(run_dir)
+        if not committed_steps(storage):
+            raise no_checkpoint(run_dir)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - gs:// errors come in many types; one line says which
@@ -124,13 +127,34 @@ def choose(store: CheckpointStore, selection: Selection) -> Committed:
     from job.checkpoint import Committed
 
     if selection.is_prefix:
-        return Committed(step=_step_of(selection.checkpoint), prefix=_local_prefix(store, selection.checkpoint))
+        prefix = _local_prefix(store, selection.checkpoint)
+        _check_readable(prefix)  # it has no commit object to verify it against
+        return Committed(step=_step_of(selection.checkpoint), prefix=prefix)
     chosen = store.latest() if selection.checkpoint == LATEST else store.best()
     if chosen is None:
+        if store.damaged_reason():
+            raise UserError(f"{store.run.url} {store.damaged_reason()}")
         if selection.checkpoint == BEST and store.latest() is not None:
             raise no_best(store.run.url)
         raise no_checkpoint(store.run.url)
     return chosen
+
+
+def _check_readable(prefix: str) -> None:
+    """Every tensor of the checkpoint `prefix` reads back (TensorBundle checks each one's CRC), or a one-line
+    UserError: before Checkpoint.read, which would fail half-way with a traceback."""
+    import re
+
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except tf.errors.OpError as e:
+        why = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", first_line(e.message))
+        raise UserError(f"checkpoint {prefix} cannot be read ({type(e).__name__}: {why}); give another prefix, or "
+                        f"'latest' for the newest one that verifies") from None
 
 
 def _step_of(prefix: str) -> int:

@@ -8,8 +8,8 @@ from job.weights import Selection, check
 
 
 def report(selection: Selection) -> int:
-    data = load_run(selection.run_dir)  # refuses what is not a run before anything is built or written
-    check(selection)
+    check(selection)  # refuses what is not a run, or has no such checkpoint, before anything is built or written
+    data = load_run(selection.run_dir)
     from job.report.build import report_run
 
     path = report_run(selection)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import signal
 import socket
@@ -123,8 +124,9 @@ def resolve_limits(args) -> Limits:
                 raise UserError(f"{env}={raw!r} is not a number; unset it or give e.g. {values[key]:g}") from None
             flag = env
         if given is not None:
-            if not given > 0:
-                raise UserError(f"{flag} must be positive, got {given:g}")
+            if not 0 < given < math.inf:  # nan and inf too: inf MB would overflow the byte count
+                raise UserError(f"{flag} must be positive and finite, got {given:g}; unset it or give e.g. "
+                                f"{values[key]:g}")
             values[key] = given
     return Limits(max_request_bytes=int(values["max_request_mb"] * 1024 * 1024), max_files=int(values["max_files"]),
                   max_pixels=int(values["max_pixels"]))
