@@ -160,7 +160,7 @@ def _stop_all(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
             p.kill()  # also ends a SIGSTOPped process
-        p.wait()
+        p.wait(timeout=60)
 
 
 def _wait_all_ok(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 600) -> None:

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 # tests/ is on sys.path, and the fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_durable_server) come from
 # tests/gcs_server.py through conftest.py.
+from child_io import ChildLines
 from ckpt_kill_writer import make_checkpoint, set_state
 from gcs_proxy import GcsProxy
 from job.checkpoint import CheckpointStore
@@ -227,15 +228,15 @@ def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env=trainer_env(**gcs_server.env()))
 
+    lines = ChildLines(server, "the trainer fork server (tests/trainer_fork_server.py)")
+
     def ask(line: str) -> str:
-        server.stdin.write(line + "\n")
-        server.stdin.flush()
-        return server.stdout.readline().strip()
+        return lines.ask(line, 60, f"its answer to {line.split()[0]!r}")
 
     last_step, history, kinds, with_uploads_pending = 0, [], [], 0
     work = tmp_path / "work"
     try:
-        assert server.stdout.readline().strip() == "ready"
+        assert lines.next(300, "its ready line (after importing TensorFlow)") == "ready"
         for trial in range(trials):
             # The same number of draws every trial, so the seed alone fixes every trial's kind and parameters.
             new_pod, kind = rng.random() < 0.5, rng.choices(list(KILL_MOMENTS), list(KILL_MOMENTS.values()))[0]
@@ -298,7 +299,7 @@ def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-            server.wait()
+            server.wait(timeout=30)
     print(f"\nrandom kills: {trials} trials, {with_uploads_pending} with a saved checkpoint not yet committed; held "
           f"until the kill: {kinds}; resumable step after each: {history}")
     assert not [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]

@@ -89,7 +89,7 @@ class TensorBoard:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.process.wait(timeout=30)
         self._log.close()
 
 
