@@ -35,7 +35,8 @@ import tensorflow as tf  # noqa: E402
 
 from job.errors import EXIT_PREEMPTED  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# two-process runs, each killed and resumed, after a one-process reference: a limit for hangs only (pytest.ini)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "scripts" / "launch_local.py"

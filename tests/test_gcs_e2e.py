@@ -31,7 +31,7 @@ from job.rundir import RunDir
 from job.storage import open_storage
 from trainer_runs import kill_hard, run_job, start_job, trainer_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 # simple_cnn with dropout on digits: 10 MB checkpoints (uploads take a while) and every kind of state a resume must
 # restore. Deterministic ops, so an interrupted run can be compared with an uninterrupted one weight for weight.
@@ -210,6 +210,7 @@ KILL_MOMENTS = {
 }
 
 
+@pytest.mark.timeout(1200)  # 20 trainer starts, each killed at a held moment
 def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint(gcs_server, gcs_bucket, tmp_path,
                                                                                  caplog):
     """20 seeded trials: start the trainer (the real CLI, in a child forked from a process that has TensorFlow

@@ -12,7 +12,7 @@ import pytest
 from child_io import ChildLines
 from trainer_runs import ROOT, kill_hard, run_job, start_job, stop_process, trainer_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 EXIT_PREEMPTED = 75
 FLUSH = 0.5  # run.summary_flush_seconds: the record's cadence; "stale" comes after max(3 flushes, 10 s)
