@@ -56,6 +56,7 @@ GRID = {"study": "grid", "sampler": "grid",
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 60-120 s measured on 2 loaded cores
 def test_a_six_point_grid_with_three_workers_trains_each_point_exactly_once(tmp_path, storage):
     from optuna.trial import TrialState
 
@@ -91,6 +92,7 @@ def test_a_six_point_grid_with_three_workers_trains_each_point_exactly_once(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 60-120 s measured on 2 loaded cores
 def test_tpe_with_the_median_pruner_prunes_and_ends_with_the_asked_number_of_trials(tmp_path, storage):
     from optuna.trial import TrialState
 
@@ -114,6 +116,7 @@ def test_tpe_with_the_median_pruner_prunes_and_ends_with_the_asked_number_of_tri
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 60-120 s measured on 2 loaded cores
 def test_a_worker_killed_mid_trial_is_retried_and_the_retry_resumes_from_its_checkpoint(tmp_path, storage):
     from optuna.trial import TrialState
 
