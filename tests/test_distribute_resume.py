@@ -81,11 +81,12 @@ class Workers:
         self.trace = tmp / f"{name}-worker-1.strace"
 
     def start(self, command: list[str], envs: list[dict[str, str]]) -> Workers:
+        strace = _strace()  # before any worker starts: a failure here leaves no process behind
         for index, env in enumerate(envs):
             args = command
             if index == 1:
                 # -ff: one file per thread, so no call is split over lines; -y: paths of descriptors (openat's dirfd).
-                args = [_strace(), "-f", "-ff", "-y", "-qq", "--seccomp-bpf", "-e", f"trace={WRITE_SYSCALLS}",
+                args = [strace, "-f", "-ff", "-y", "-qq", "--seccomp-bpf", "-e", f"trace={WRITE_SYSCALLS}",
                         "-o", str(self.trace), *command]
             self.procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=self.logs[index].open("w"),
                                                stderr=subprocess.STDOUT, start_new_session=True))
