@@ -1,14 +1,41 @@
-"""The suite's own guards, run on throwaway test files (pytester): a hung test fails at its time limit under the
-project's pytest.ini (pytest-timeout), and under `make test` a skip not in tests/allowed_skips.txt fails the run
-(tests/skip_guard.py)."""
+"""The suite's own guards: a silent or finished child fails a read with a message (tests/child_io.py); and, run on
+throwaway test files (pytester), a hung test fails at its time limit under the project's pytest.ini (pytest-timeout),
+and under `make test` a skip not in tests/allowed_skips.txt fails the run (tests/skip_guard.py)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 
+from child_io import ChildLines
 from skip_guard import ENV
-from trainer_runs import ROOT
+from trainer_runs import ROOT, stop_process
+
+
+def test_a_child_that_prints_nothing_fails_the_read_at_its_deadline_naming_both():
+    # It waits on its stdin, which the test never writes: silent by construction.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('hello', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = ChildLines(child, "the silent child")
+        assert lines.next(60, "its greeting") == "hello"
+        with pytest.raises(AssertionError, match=r"the silent child printed no line for its answer within 1 s "
+                                                 r"\(still running: True\); its last lines: \['hello'\]"):
+            lines.next(1, "its answer")
+    finally:
+        child.stdin.close()
+        stop_process(child)
+
+
+def test_a_child_whose_output_ends_fails_the_read_with_its_exit_code():
+    child = subprocess.Popen([sys.executable, "-c", "print('starting'); raise SystemExit(3)"],
+                             stdout=subprocess.PIPE, text=True)
+    lines = ChildLines(child, "the short-lived child")
+    with pytest.raises(AssertionError, match=r"the short-lived child's output ended \(exit code 3\) before its "
+                                             r"ready line; its last lines: \['starting'\]"):
+        lines.until(lambda line: line == "ready", 60, "its ready line")
 
 HANGS = """
 import threading
