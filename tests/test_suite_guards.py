@@ -37,6 +37,7 @@ def test_a_child_whose_output_ends_fails_the_read_with_its_exit_code():
                                              r"ready line; its last lines: \['starting'\]"):
         lines.until(lambda line: line == "ready", 60, "its ready line")
 
+
 HANGS = """
 import threading
 import pytest
