@@ -39,13 +39,17 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt $(wildcard tests
 train: install
 	$(PY) -m job train --config $(CONFIG) $(ARGS)
 
+# After `dev` every tool the tests use is installed, so a skip means a broken install: it fails the run unless
+# tests/allowed_skips.txt lists it (tests/skip_guard.py). A bare `pytest` only reports skips.
+FAIL_ON_SKIPS := JOB_FAIL_ON_UNLISTED_SKIPS=1
+
 ## the whole test suite, slow end-to-end tests included (what CI runs)
 test: dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(FAIL_ON_SKIPS) $(PY) -m pytest $(PYTEST_ARGS)
 
 ## the quick part of the suite, for the edit-test loop
 test-fast: dev
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(FAIL_ON_SKIPS) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ## ruff on the whole repository (ruff.toml); CI runs it
 lint: dev

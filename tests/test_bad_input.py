@@ -129,6 +129,7 @@ def test_run_dir_not_writable(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # two trainer runs
 def test_resuming_with_a_changed_model_is_refused_and_keeps_the_run(tmp_path):
     run = tmp_path / "run"
     first = run_job("train", "--config", "digits_resnet20", "model.name=mlp", f"run.dir={run}", *TINY, timeout=300)

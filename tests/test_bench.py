@@ -32,6 +32,7 @@ EXPECTED = {  # section -> phrases that each name exactly one of its figures
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # benchmark runs; beyond its own 900 s deadline, whose message says more
 def test_tiny_bench_prints_one_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--out", str(out)], cwd=ROOT,
@@ -86,6 +87,7 @@ def test_tiny_bench_prints_one_table_and_writes_json(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # benchmark runs
 def test_profile_loop_runs_the_loop_epoch_by_epoch():
     """bench/profile_loop.py, the process docs/performance.md profiles with py-spy: one line of figures per epoch."""
     proc = subprocess.run([sys.executable, "-m", "bench.profile_loop", "cifar10_simple_cnn", "4", "2"], cwd=ROOT,

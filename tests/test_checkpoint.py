@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from child_io import ChildLines
 from ckpt_kill_writer import make_checkpoint, set_state  # test helpers: pytest.ini puts tests/ on the path
 from gcs_proxy import GcsProxy
 from job.checkpoint import CheckpointStore
@@ -256,14 +257,14 @@ def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_b
     writers = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ckpt_kill_writer.py"))],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
 
+    lines = ChildLines(writers, "the writer fork server (tests/ckpt_kill_writer.py)")
+
     def ask(line: str) -> str:
-        writers.stdin.write(line + "\n")
-        writers.stdin.flush()
-        return writers.stdout.readline().strip()
+        return lines.ask(line, 60, f"its answer to {line.split()[0]!r}")
 
     last_step, resumed_steps, kinds = 0, [], []
     try:
-        assert writers.stdout.readline().strip() == "ready"
+        assert lines.next(300, "its ready line (after importing TensorFlow)") == "ready"
         for trial in range(trials):
             kind, nth, delay = KILL_MOMENTS[trial % len(KILL_MOMENTS)], rng.randint(1, 3), rng.uniform(0.05, 1.5)
             proxy = GcsProxy(gcs_server.endpoint)  # one per writer: after the kill nothing of it can reach the bucket

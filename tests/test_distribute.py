@@ -160,7 +160,7 @@ def _stop_all(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
             p.kill()  # also ends a SIGSTOPped process
-        p.wait()
+        p.wait(timeout=60)
 
 
 def _wait_all_ok(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 600) -> None:
@@ -232,6 +232,7 @@ def _lose_one_and_watch_the_other(procs: list[subprocess.Popen], logs: list[Path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two TF processes and a reference run
 def test_multiworker_backend_contract_then_chief_killed(tmp_path):
     # Killing the chief is the harder case: it also leads TF's coordination service. (A SIGSTOPped peer was measured
     # to end the survivor the same way after about 12 s: the coordination service's heartbeat timeout.)
@@ -263,6 +264,7 @@ print("handled:", seen)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two TF processes and a reference run
 def test_multiworker_backend_keeps_the_trainers_sigterm_handler():
     # TF's coordination service installs its own SIGTERM handler when the strategy is created (measured with TF 2.21);
     # the trainer would then never hear a pod's SIGTERM and run on until SIGKILL without committing a checkpoint.
@@ -289,6 +291,7 @@ def gloo_rendezvous():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two TF processes and a reference run
 @needs_horovod
 def test_horovod_backend_contract_then_peer_frozen(tmp_path, gloo_rendezvous):
     # A frozen (SIGSTOPped) peer keeps its sockets open, so only the gloo timeout, set from
@@ -352,6 +355,7 @@ def _assert_same_training(run_dir: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two TF processes and a reference run
 def test_trainer_on_two_multiworker_processes_matches_one_process(tmp_path, single_process_trainer_run):
     ports = free_loopback_ports(2)
     run_dir = tmp_path / "run"  # shared: the chief writes it, the other worker only takes part in the collectives
@@ -364,6 +368,7 @@ def test_trainer_on_two_multiworker_processes_matches_one_process(tmp_path, sing
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two TF processes and a reference run
 @needs_horovod
 def test_trainer_under_horovodrun_matches_one_process(tmp_path, single_process_trainer_run):
     horovodrun = Path(sys.executable).parent / "horovodrun"

@@ -35,7 +35,8 @@ import tensorflow as tf  # noqa: E402
 
 from job.errors import EXIT_PREEMPTED  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# two-process runs, each killed and resumed, after a one-process reference: a limit for hangs only (pytest.ini)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "scripts" / "launch_local.py"
@@ -46,7 +47,7 @@ JOB_ARGS = ["--config", "digits_resnet20", "model.name=mlp", f"train.epochs={EPO
             f"train.max_steps_per_epoch={STEPS_PER_EPOCH}", "train.batch_size=16", f"checkpoint.every_steps={EVERY}",
             "checkpoint.keep=2", "train.deterministic=true", "run.progress=false",
             "distribute.collective_timeout_seconds=120"]
-STRACE = shutil.which("strace")
+STRACE = shutil.which("strace")  # tests/tools/install.sh installs it (Debian's package)
 # Everything that can create, change or remove a file or folder (open/openat only count with a write flag).
 WRITE_SYSCALLS = ("open,openat,openat2,creat,truncate,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat,rmdir,"
                   "link,linkat,symlink,symlinkat")
@@ -80,11 +81,12 @@ class Workers:
         self.trace = tmp / f"{name}-worker-1.strace"
 
     def start(self, command: list[str], envs: list[dict[str, str]]) -> Workers:
+        strace = _strace()  # before any worker starts: a failure here leaves no process behind
         for index, env in enumerate(envs):
             args = command
-            if index == 1 and STRACE:
+            if index == 1:
                 # -ff: one file per thread, so no call is split over lines; -y: paths of descriptors (openat's dirfd).
-                args = [STRACE, "-f", "-ff", "-y", "-qq", "--seccomp-bpf", "-e", f"trace={WRITE_SYSCALLS}",
+                args = [strace, "-f", "-ff", "-y", "-qq", "--seccomp-bpf", "-e", f"trace={WRITE_SYSCALLS}",
                         "-o", str(self.trace), *command]
             self.procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=self.logs[index].open("w"),
                                                stderr=subprocess.STDOUT, start_new_session=True))
@@ -109,7 +111,7 @@ class Workers:
     def trainer_pid(self, index: int) -> int:
         """The python process of worker `index` (under strace, strace's child: strace itself ignores SIGTERM)."""
         pid = self.procs[index].pid
-        if index == 1 and STRACE:
+        if index == 1:
             deadline = time.monotonic() + 60
             while not (children := Path(f"/proc/{pid}/task/{pid}/children").read_text().split()):
                 assert time.monotonic() < deadline, "strace started no trainer"
@@ -250,9 +252,14 @@ def _is_storage_probe(line: str, root: str) -> bool:
     return bool(paths) and all(Path(p).parent == Path(root) and ".preflight-" in Path(p).name for p in paths)
 
 
-def _assert_worker_1_wrote_nothing(workers: Workers, run_dir: Path, must_read: str = "") -> None:
+def _strace() -> str:
+    """strace, which shows that worker 1 wrote nothing in the run directory (docs/distributed.md promises it)."""
     if not STRACE:
-        return  # the name checks still ran; strace is what shows that nothing was overwritten in place
+        pytest.fail("strace is not installed: worker 1's 'wrote nothing' check needs it; run tests/tools/install.sh")
+    return STRACE
+
+
+def _assert_worker_1_wrote_nothing(workers: Workers, run_dir: Path, must_read: str = "") -> None:
     calls = _worker_1_calls(workers.trace, run_dir)
     assert not calls["writes"], "worker 1 wrote to the run directory:\n" + "\n".join(calls["writes"][:20])
     # The trace did see worker 1 at work in the run directory (a trace of the wrong process would see nothing).
@@ -468,7 +475,7 @@ def test_one_worker_killed_mid_epoch_finishes_on_two_horovod_ranks_like_the_unin
             time.sleep(0.05)
     finally:
         first.kill()
-        first.wait()
+        first.wait(timeout=60)
     assert committed_steps(run_dir)[-1] == KILLED_AT
     horovodrun = Path(sys.executable).parent / "horovodrun"
     second = subprocess.run([str(horovodrun), "--gloo", "-np", "2", "-H", "localhost:2",

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 # tests/ is on sys.path, and the fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_durable_server) come from
 # tests/gcs_server.py through conftest.py.
+from child_io import ChildLines
 from ckpt_kill_writer import make_checkpoint, set_state
 from gcs_proxy import GcsProxy
 from job.checkpoint import CheckpointStore
@@ -31,7 +32,7 @@ from job.storage import open_storage
 from job.workcopy import folder_name
 from trainer_runs import kill_hard, run_job, start_job, trainer_env, user_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 # simple_cnn with dropout on digits: 10 MB checkpoints (uploads take a while) and every kind of state a resume must
 # restore. Deterministic ops, so an interrupted run can be compared with an uninterrupted one weight for weight.
@@ -238,6 +239,7 @@ KILL_MOMENTS = {
 }
 
 
+@pytest.mark.timeout(1200)  # 20 trainer starts, each killed at a held moment
 def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint(gcs_server, gcs_bucket, tmp_path,
                                                                                  caplog):
     """20 seeded trials: start the trainer (the real CLI, in a child forked from a process that has TensorFlow
@@ -256,15 +258,15 @@ def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env=trainer_env(**gcs_server.env()))
 
+    lines = ChildLines(server, "the trainer fork server (tests/trainer_fork_server.py)")
+
     def ask(line: str) -> str:
-        server.stdin.write(line + "\n")
-        server.stdin.flush()
-        return server.stdout.readline().strip()
+        return lines.ask(line, 60, f"its answer to {line.split()[0]!r}")
 
     last_step, history, kinds, with_uploads_pending = 0, [], [], 0
     work = tmp_path / "work"
     try:
-        assert server.stdout.readline().strip() == "ready"
+        assert lines.next(300, "its ready line (after importing TensorFlow)") == "ready"
         for trial in range(trials):
             # The same number of draws every trial, so the seed alone fixes every trial's kind and parameters.
             new_pod, kind = rng.random() < 0.5, rng.choices(list(KILL_MOMENTS), list(KILL_MOMENTS.values()))[0]
@@ -327,7 +329,7 @@ def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-            server.wait()
+            server.wait(timeout=30)
     print(f"\nrandom kills: {trials} trials, {with_uploads_pending} with a saved checkpoint not yet committed; held "
           f"until the kill: {kinds}; resumable step after each: {history}")
     assert not [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]

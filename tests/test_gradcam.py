@@ -33,6 +33,7 @@ def patch_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # trains a model
 @pytest.mark.parametrize("name", ["simple_cnn", "resnet20"])
 def test_heat_map_peaks_where_the_class_evidence_is(name):
     keras.utils.set_random_seed(0)

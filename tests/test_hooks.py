@@ -9,7 +9,7 @@ import pytest
 
 from trainer_runs import ROOT, committed_steps, trainer_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 # 2 epochs of 4 steps, train metrics every 2 steps, a periodic checkpoint every 3 steps, a validation split.
 ARGS = ["--config", "digits_resnet20", "model.name=mlp", "train.epochs=2", "train.max_steps_per_epoch=4",

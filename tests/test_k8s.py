@@ -743,6 +743,7 @@ def checkov_failures() -> dict[str, set[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # checkov over every manifest
 def test_checkov_fails_only_the_listed_skips():
     skips = yaml.safe_load((K8S / "checkov-skips.yaml").read_text())["skips"]
     for skip in skips:

@@ -376,6 +376,7 @@ def password_database(postgres_server) -> tuple[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a tune worker against a PostgreSQL that wants a password
 def test_init_container_and_worker_log_in_with_the_url_and_pgpassword(docs, password_database, tmp_path,
                                                                       monkeypatch):
     """The manifest's way of passing the credentials works against a server that wants a password: the init
@@ -461,6 +462,7 @@ def test_tune_yaml_passes_kubernetes_validate_strict(version, rendered, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # checkov
 def test_checkov_fails_tune_yaml_only_on_listed_skips_that_name_it(tmp_path):
     """checkov over tune.yaml alone: every failed check is in k8s/checkov-skips.yaml, and that skip's reason says why
     it applies to tune.yaml too (tests/test_k8s.py runs checkov over all of k8s/ and keeps the list free of stale

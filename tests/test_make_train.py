@@ -8,7 +8,7 @@ import pytest
 
 from trainer_runs import ROOT, committed_steps, trainer_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 
 def make_train(args: str, log_path, **env: str):

@@ -107,7 +107,7 @@ def test_every_registry_name_is_a_valid_config_value():
 def test_importing_the_registry_does_not_import_tensorflow():
     # job.config's validate() reads MODELS: checking a config must not pay for a TensorFlow import
     code = "import sys, job.models; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
 # ---- architecture details the papers fix --------------------------------------------------------------------------

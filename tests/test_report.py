@@ -98,6 +98,7 @@ def cifar10_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # trains the runs it reports on, then Chromium
 def test_cifar10_report_opens_complete_and_offline(cifar10_runs, browser, artifacts):
     cnn, _ = cifar10_runs
     page = check_report(browser, cnn, artifacts / "report-cifar10.png", classes=10)
@@ -117,6 +118,7 @@ def test_cifar10_report_opens_complete_and_offline(cifar10_runs, browser, artifa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # trains the runs it reports on, then Chromium
 def test_mlp_report_says_why_it_has_no_grad_cam(cifar10_runs, browser, artifacts):
     _, mlp = cifar10_runs
     page = open_page(browser, mlp / "eval" / "report.html", artifacts / "report-cifar10-mlp.png")
@@ -126,6 +128,7 @@ def test_mlp_report_says_why_it_has_no_grad_cam(cifar10_runs, browser, artifacts
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # trains the runs it reports on, then Chromium
 @pytest.mark.parametrize("label_mode,classes", [("fine", 100), ("coarse", 20)])
 def test_cifar100_report(label_mode, classes, tmp_path, browser, artifacts):
     md5 = write_cifar100_archive(tmp_path / "data", n_train=200, n_test=200)
@@ -145,6 +148,7 @@ def test_cifar100_report(label_mode, classes, tmp_path, browser, artifacts):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # trains the runs it reports on, then Chromium
 def test_digits_run_killed_twice_keeps_each_epoch_once_and_marks_both_resumes(tmp_path, browser, artifacts):
     """kill -9 while a checkpoint's commit is held (job/rundir.py TEST_HOLD_ENV), twice; each time the newest
     committed checkpoint is behind the epochs already recorded, so those are trained again."""
@@ -183,6 +187,7 @@ def test_digits_run_killed_twice_keeps_each_epoch_once_and_marks_both_resumes(tm
 # ------------------------------------------------------------------------------------------------------ compare
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # trains the runs it reports on, then Chromium
 def test_compare_prints_a_table_and_writes_a_page(cifar10_runs, tmp_path, browser, artifacts):
     cnn, mlp = cifar10_runs
     out = tmp_path / "pages" / "cmp.html"
@@ -263,6 +268,7 @@ def test_calibration_and_confusions_by_hand():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # trains the runs it reports on, then Chromium
 def test_a_gs_run_stores_its_report_and_history_in_the_bucket(tmp_path, gcs_bucket, browser, artifacts):
     from job.storage import open_storage
 

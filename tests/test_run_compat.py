@@ -10,7 +10,7 @@ import pytest
 
 from trainer_runs import ROOT, run_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 FIXTURE = ROOT / "tests" / "fixtures" / "run_v1_digits"
 # The arguments the fixture was made with (train.epochs=1), and what the code of 7d9f3a4 ended with when the same

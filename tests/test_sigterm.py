@@ -21,7 +21,7 @@ from trainer_runs import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 EXIT_PREEMPTED = 75
 

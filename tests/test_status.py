@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from child_io import ChildLines
 from trainer_runs import ROOT, kill_hard, run_job, start_job, stop_process, trainer_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 EXIT_PREEMPTED = 75
 FLUSH = 0.5  # run.summary_flush_seconds: the record's cadence; "stale" comes after max(3 flushes, 10 s)
@@ -165,12 +166,9 @@ def test_status_reads_without_tensorflow_in_well_under_a_second(tmp_path):
     watch = subprocess.Popen([sys.executable, "-m", "job", "status", url, "--watch", "--interval", "0.2"], cwd=ROOT,
                              env=trainer_env(), stdout=subprocess.PIPE, text=True)
     try:
-        blocks = 0
-        for line in watch.stdout:
-            blocks += line.startswith("phase      finished")
-            if blocks == 2:
-                break
-        assert blocks == 2
+        lines = ChildLines(watch, "job status --watch")
+        for block in ("first", "second"):
+            lines.until(lambda line: line.startswith("phase      finished"), 60, f"its {block} block")
     finally:
         stop_process(watch)
 

@@ -27,7 +27,7 @@ from job.storage import open_storage
 from tls_proxy import TlsProxy, free_port
 from trainer_runs import kill_hard, start_job, trainer_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 FLUSH_SECONDS = 2.0  # run.summary_flush_seconds: how often event files are flushed and re-uploaded (default 60)
 RELOAD_SECONDS = 1  # how often TensorBoard re-reads the logdir
@@ -89,7 +89,7 @@ class TensorBoard:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.process.wait(timeout=30)
         self._log.close()
 
 

@@ -16,7 +16,7 @@ from trainer_runs import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 # simple_cnn with dropout on digits: small and fast, yet it has every kind of state a resume must restore
 # (weights, momentum slots, dropout RNG, LR schedule position, data order and augmentation).

@@ -14,7 +14,7 @@ from job.metrics import SUM_KEYS
 from job.step import make_train_step
 from trainer_runs import committed_prefix, run_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
 BASE = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=1", "train.batch_size=32",
         "train.max_steps_per_epoch=6", "train.eval_batch_size=400"]

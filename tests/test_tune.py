@@ -11,17 +11,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from child_io import ChildLines
 from trainer_runs import ROOT, job_command, run_job, trainer_env
 
 # Small, fast and deterministic trials: simple_cnn on digits, 6 steps an epoch.
 TRIAL_ARGS = ("model.name=simple_cnn", "train.max_steps_per_epoch=6", "train.deterministic=true",
               "checkpoint.every_steps=100")
-FAST = {"heartbeat_seconds": 1, "grace_seconds": 4}
+# A trial is retried only when a test causes it. Without a kill a late heartbeat (three TF processes on two cores) must
+# not pass for a dead worker, so the grace cannot expire; the kill test beats every second with 4 s of grace, and its
+# second worker waits for the dead trial to go stale (job/tune/worker.py), so that retry happens by construction.
+NEVER_STALE = {"grace_seconds": 86400}
+QUICKLY_STALE = {"heartbeat_seconds": 1, "grace_seconds": 4}
 
 
-def write_space(folder: Path, **space) -> Path:
+def write_space(folder: Path, staleness: dict = NEVER_STALE, **space) -> Path:
     path = folder / "space.yaml"
-    path.write_text(yaml.safe_dump({**FAST, **space}))
+    path.write_text(yaml.safe_dump({**staleness, **space}))
     return path
 
 
@@ -51,6 +56,7 @@ GRID = {"study": "grid", "sampler": "grid",
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 60-120 s measured on 2 loaded cores
 def test_a_six_point_grid_with_three_workers_trains_each_point_exactly_once(tmp_path, storage):
     from optuna.trial import TrialState
 
@@ -86,6 +92,7 @@ def test_a_six_point_grid_with_three_workers_trains_each_point_exactly_once(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 60-120 s measured on 2 loaded cores
 def test_tpe_with_the_median_pruner_prunes_and_ends_with_the_asked_number_of_trials(tmp_path, storage):
     from optuna.trial import TrialState
 
@@ -109,10 +116,12 @@ def test_tpe_with_the_median_pruner_prunes_and_ends_with_the_asked_number_of_tri
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 60-120 s measured on 2 loaded cores
 def test_a_worker_killed_mid_trial_is_retried_and_the_retry_resumes_from_its_checkpoint(tmp_path, storage):
     from optuna.trial import TrialState
 
-    space = write_space(tmp_path, study="kill", sampler="grid", params={"optim.lr": {"choices": [0.01, 0.02]}})
+    space = write_space(tmp_path, QUICKLY_STALE, study="kill", sampler="grid",
+                        params={"optim.lr": {"choices": [0.01, 0.02]}})
     study_dir = tmp_path / "study"
     extra = ["--storage", storage] if storage else []
     tune_args = ["--config", "digits_resnet20", "--space", str(space), "--study-dir", str(study_dir), *extra,
@@ -121,20 +130,17 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_retry_resumes_from_its_che
                              "4", "--", *tune_args], cwd=ROOT, env=trainer_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        for line in held.stdout:  # until the first trial is held after its committed checkpoint at step 4
-            if line.startswith("HELD"):
-                break
-        else:
-            pytest.fail(f"the held worker ended with {held.wait()} before holding")
+        ChildLines(held, "the held tune worker (tests/hooked_tune.py)").until(
+            lambda line: line.startswith("HELD"), 600, "the first trial to be held after its checkpoint at step 4")
         run0 = study_dir / "trials" / "0"
         assert any(p.name.startswith("ckpt-4") and p.name.endswith(".commit.json")
                    for p in (run0 / "checkpoints").iterdir())
         held.send_signal(signal.SIGKILL)
-        held.wait()
+        held.wait(timeout=30)
     finally:
         if held.poll() is None:
             held.kill()
-            held.wait()
+            held.wait(timeout=30)
     result = run_job("tune", *tune_args, timeout=900)  # a second worker finds the dead trial and retries it
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study = load(space, study_dir, storage)

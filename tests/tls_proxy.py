@@ -27,6 +27,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from child_io import ChildLines
 from gcs_proxy import INCOMPLETE, read_request_body
 from trainer_runs import stop_process
 
@@ -186,7 +187,11 @@ class TlsProxy:
         self._proc = subprocess.Popen([sys.executable, __file__, self.upstream_url, str(self.cert_dir)],
                                       stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": path})
         self.pid = self._proc.pid
-        line = self._proc.stdout.readline().split()
+        try:
+            line = ChildLines(self._proc, "tests/tls_proxy.py").next(60, "its 'listening PORT' line").split()
+        except AssertionError:
+            self.stop()
+            raise
         if line[:1] != ["listening"]:
             self.stop()
             raise RuntimeError(f"tls_proxy did not start: {line}")

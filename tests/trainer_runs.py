@@ -100,4 +100,4 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        process.wait(timeout=30)

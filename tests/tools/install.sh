@@ -7,6 +7,8 @@
 #     tests/test_report.py opens the HTML reports in (Selenium, pinned in requirements-dev.txt, drives it).
 #   postgresql (Debian's apt package, /usr/lib/postgresql/<major>/bin): tests/postgres_server.py runs a server of its
 #     own from these binaries for the tuning tests; the package's own cluster and service are not created.
+#   strace (Debian's apt package): tests/test_distribute_resume.py traces worker 1 to show it writes nothing in the run
+#     directory (docs/distributed.md); the test fails without it.
 # checkov gets its own venv because it pins packaging and termcolor to versions older than TensorFlow's environment has.
 # Idempotent: a tool already at its pinned version is left alone, so a second run takes about a second.
 #
@@ -106,4 +108,18 @@ initdb="$(pg_initdb)"
 "$initdb" --version >/dev/null || die "$initdb does not run"
 id -u postgres >/dev/null 2>&1 \
   || die "no postgres user (Debian's postgresql-common makes it): tests/postgres_server.py runs the server as it"
-log "ok: ${pins[*]} in $venv; checkov==$CHECKOV_VERSION in $checkov_venv; $(/usr/bin/chromedriver --version | cut -d' ' -f1-2); $("$initdb" --version)"
+# --- strace, from Debian ---
+if ! command -v strace >/dev/null; then
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "strace is missing; install it as root: apt-get install strace"
+    sudo=(sudo)
+  fi
+  log "installing strace with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y -q strace >/dev/null \
+    || { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" apt-get install -y -q strace >/dev/null; } \
+    || die "apt-get could not install strace"
+fi
+strace -V >/dev/null || die "strace does not run"
+log "ok: ${pins[*]} in $venv; checkov==$CHECKOV_VERSION in $checkov_venv; $(/usr/bin/chromedriver --version | cut -d' ' -f1-2); $("$initdb" --version); $(strace -V | head -1)"
