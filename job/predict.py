@@ -36,8 +36,11 @@ class Source:
 def main(args, selection) -> int:
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
+    from job.weights import check
+
+    check(selection)  # the weights, then every PATH, before TensorFlow is imported
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    sources = list(find_images(args.paths))  # every PATH is checked before the model is loaded
+    sources = list(find_images(args.paths))
     explain_dir = _explain_dir(args.explain) if args.explain else None
 
     from job.inference import Classifier
