@@ -89,6 +89,10 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without a better validation top-1 before stopping; 0 turns it off
     eval_batch_size: int = 500
     max_steps_per_epoch: int = 0  # cap for smoke runs and benchmarks; 0 = a full pass over the data
+    bn_recalibration_batches: int = 20  # BatchNorm statistics recomputed from this many training batches before
+                                        # each validation and the end (job/precise_bn.py); 0 turns it off
+    ema_decay: float = 0.0  # weight EMA (job/ema.py): the averaged weights are validated, evaluated and exported;
+                            # 0 turns it off
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,8 @@ RANGES = {
     "train.accumulation_steps": Range(0, None, "[)"),
     "train.max_device_batch": Range(0, None, "[)"),
     "train.steps_per_call": Range(0, None, "[)"),
+    "train.bn_recalibration_batches": Range(0, None, "[)"),
+    "train.ema_decay": Range(0, 1, "[)"),
     "checkpoint.every_steps": Range(0, None, "()"),
     "checkpoint.keep": Range(0, None, "()"),
     "checkpoint.upload_timeout_seconds": Range(0, None, "()"),

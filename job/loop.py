@@ -20,6 +20,7 @@ from job.builder import RunParts
 from job.hooks.base import Event, Hook, RunInfo, Save, State, Stop
 from job.metrics import BEST_METRIC, SUM_KEYS, interval_stats, rates, validation_metrics, zero_sums
 from job.models.assembly import is_transfer, set_phase
+from job.precise_bn import recalibrate, trainable_batchnorms
 from job.step import eval_step, make_multi_step, make_train_step
 from job.stopping import StopRequest
 
@@ -51,6 +52,7 @@ class Loop:
         self._steps_fn = None
         self._instrument: Callable = lambda step_fn: step_fn
         self._first_step_done = False
+        self._calibrated_step = -1  # the step whose weights the BatchNorm statistics were last recomputed for
 
     # --- what the loop and the benchmarks use ---------------------------------------------------------------------
     def save(self, metrics: dict | None = None) -> None:
@@ -90,11 +92,14 @@ class Loop:
             train = self.run_epoch(epoch)
             if self.stop:
                 break
+            self.recalibrate()
             validation = self.validate()
             self._track_best(validation)
             self._emit(Event.EPOCH_END, epoch=epoch, train=train, validation=validation)
             self.save(validation)
         if self.saved_step != self.step:
+            if not self.stop.preempted:  # a preemption's save must be quick; a resume recalibrates at the epoch end
+                self.recalibrate()
             self.save()  # every worker takes part; a run resumed at its very end has nothing new to save
         return PREEMPTED if self.stop.preempted else STOPPED if self.stop else FINISHED
 
@@ -156,6 +161,23 @@ class Loop:
             self.stop.agree(votes)  # the last step's: there was no next step to read them during
         elapsed = time.perf_counter() - epoch_start
         return {**rates(epoch_sums), "images_per_second": epoch_sums["count"] / max(elapsed, 1e-9)}
+
+    def recalibrate(self) -> None:
+        """BatchNorm statistics recomputed for the weights as they are now (job/precise_bn.py), from K training batches
+        of the epoch trained last; every worker calls this at the same step. A no-op without BatchNorm layers, with
+        train.bn_recalibration_batches=0, or when done for this step already."""
+        batches = self.cfg.train.bn_recalibration_batches
+        if not batches or self._calibrated_step == self.step or not trainable_batchnorms(self.parts.model):
+            return
+        parts, started = self.parts, time.perf_counter()
+        epoch = max(0, self.step - 1) // parts.steps_per_epoch
+        dataset = parts.backend.distribute_dataset(
+            lambda shard: datalib.calibration_dataset(parts.splits.x_train, shard, self.cfg.train.seed, epoch,
+                                                      batches), self.cfg.train.batch_size)
+        layers = recalibrate(parts.model, parts.backend, dataset)
+        self._calibrated_step = self.step
+        log.debug("BatchNorm statistics of %d layers recomputed from %d batches at step %d in %.2f s", layers,
+                  batches, self.step, time.perf_counter() - started)
 
     def validate(self) -> dict[str, float] | None:
         """val_loss, val_top1, val_top5 over the whole validation split (each worker its shard), or None without one."""

@@ -42,8 +42,10 @@ def train(cfg: Config, extra_hooks: list[Hook] = (), splits: Splits | None = Non
             return EXIT_PREEMPTED
 
         backend.barrier()
-        evaluation = _finish(parts, loop.step) if backend.is_chief else None
+        evaluation, logits = _evaluate_and_export(parts, loop.step) if backend.is_chief else (None, None)
         loop.end(outcome, evaluation)
+        if backend.is_chief:
+            _report(parts, loop.step, logits)  # after the records' end: the report shows this start's outcome
         run.close(cfg.checkpoint.upload_timeout_seconds)
         backend.shutdown()
         return EXIT_OK
@@ -56,21 +58,27 @@ def train(cfg: Config, extra_hooks: list[Hook] = (), splits: Splits | None = Non
         raise
 
 
-def _finish(parts: RunParts, step: int) -> dict:
-    """The chief's end of a run: the test set predicted once, its evaluation stored, the exports (the model card has
-    the metrics) and the report from the same predictions. Returns the evaluation."""
-    from job.report.build import write_report  # matplotlib: imported when needed, not at every start
-
+def _evaluate_and_export(parts: RunParts, step: int) -> tuple[dict, object]:
+    """The chief's end of a run: the test set predicted once, its evaluation stored, and the exports (the model card
+    has the metrics). Returns the evaluation and the test set's logits, which the report uses too."""
     cfg, run, model, splits = parts.cfg, parts.run, parts.model, parts.splits
     logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
     evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=logits,
                                     writer=parts.writers.eval if parts.writers else None)
     export_model(run, cfg, model, splits.class_names, evaluation)
+    return evaluation, logits
+
+
+def _report(parts: RunParts, step: int, logits) -> None:
+    """eval/report.html from the final evaluation's predictions. A report that cannot be made is logged and does not
+    fail the run: everything else is stored by then, and `python -m job report` makes it again."""
+    from job.report.build import write_report  # matplotlib: imported when needed, not at every start
+
     try:
-        write_report(run, cfg, model, splits, step=step, weights="final", logits=logits)
-    except Exception:  # noqa: BLE001 - the run's results are stored by now; the report can be made again
-        log.exception("could not make the report; make it again with `python -m job report --run-dir %s`", run.url)
-    return evaluation
+        write_report(parts.run, parts.cfg, parts.model, parts.splits, step=step, weights="final", logits=logits)
+    except Exception:  # noqa: BLE001
+        log.exception("could not make the report; make it again with `python -m job report --run-dir %s`",
+                      parts.run.url)
 
 
 def run_closed(run, timeout: float) -> bool:

@@ -55,12 +55,15 @@ def test_the_export_records_each_model_file_checksum(digits_run):
         assert card["checksums"][name] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-@pytest.mark.parametrize("name", ["model.keras", "model.h5"])
-@pytest.mark.parametrize("how", DAMAGES)
-@pytest.mark.parametrize("with_card", [True, False], ids=["card", "no card"])
+# Not tried: a flipped byte in an .h5 without its card. HDF5 has no checksum of its own: only the card's SHA-256
+# catches a changed weight byte (README, "Exports"), so that file loads.
+CASES = [pytest.param(name, how, card, id=f"{'card' if card else 'no card'}-{how}-{name}")
+         for card in (True, False) for how in DAMAGES for name in ("model.keras", "model.h5")
+         if (name, how, card) != ("model.h5", "flipped", False)]
+
+
+@pytest.mark.parametrize("name, how, with_card", CASES)
 def test_a_damaged_model_file_is_one_line_and_exit_2(digits_run, image, tmp_path, name, how, with_card):
-    if name == "model.h5" and how == "flipped" and not with_card:
-        pytest.skip("HDF5 has no checksum of its own: a changed weight byte is only caught by the card's SHA-256")
     shutil.copy(digits_run / "export" / name, tmp_path / name)
     if with_card:
         shutil.copy(digits_run / "export" / "model_card.json", tmp_path / "model_card.json")

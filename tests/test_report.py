@@ -232,8 +232,10 @@ def test_compare_refuses_runs_of_different_datasets_in_one_line(tmp_path):
     (["compare", "{a}"], "compare needs two or more run directories, e.g. python -m job compare runs/a runs/b"),
     (["compare", "{a}", "{missing}"], "{missing} does not exist; give the run.dir of a run"),
     (["compare", "{a}", "{empty}"], "{empty} is not a run directory: it has no config.yaml"),
-    (["report", "--run-dir", "{missing}"], "{missing} does not exist; give the run.dir of a run"),
-    (["report", "--run-dir", "{a}", "--checkpoint", "newest"], "--checkpoint 'newest' is not one of latest, best"),
+    # the words of every command that takes a run's weights (job/weights.py)
+    (["report", "--run-dir", "{missing}"], "--run-dir {missing} does not exist; give the run.dir of a training run"),
+    (["report", "--run-dir", "{a}", "--checkpoint", "newest"], "--checkpoint newest is not a checkpoint (no "
+                                                               "newest.index); give latest, best or a prefix"),
 ])
 def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, args, message):
     places = {"a": str(write_config_only_run(tmp_path / "a")), "missing": str(tmp_path / "missing"),

@@ -81,6 +81,24 @@ def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, s
     return dataset.prefetch(_PREFETCH_BATCHES).with_options(_OPTIONS)
 
 
+def calibration_dataset(x: np.ndarray, shard: Shard, seed: int, epoch: int, batches: int) -> tf.data.Dataset:
+    """`batches` global batches of training images for BatchNorm recalibration (job/precise_bn.py), this worker's
+    slice of each: unaugmented float32 images and their labels, the examples a pure function of (seed, epoch) and
+    drawn apart from the epoch's own order. Fewer batches when the training set holds fewer."""
+    global_batch = shard.batch_size * shard.num_shards
+    batches = max(1, min(batches, len(x) // global_batch))
+    order = np.random.default_rng(_entropy(seed, epoch, 0xB4)).permutation(len(x))[: batches * global_batch]
+    ids = order.reshape(batches, shard.num_shards, shard.batch_size)[:, shard.index, :]
+    images = tf.constant(x)
+
+    def load(step: tf.Tensor):
+        taken = tf.gather(images, tf.constant(np.ascontiguousarray(ids, np.int32))[step])
+        return tf.cast(taken, tf.float32), tf.zeros([shard.batch_size], tf.int32)
+
+    dataset = tf.data.Dataset.range(batches).map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
+    return dataset.prefetch(_PREFETCH_BATCHES).with_options(_OPTIONS)
+
+
 def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shard: Shard | None = None) -> tf.data.Dataset:
     """(float32 images in [0, 255], int32 labels) in order, the last batch partial; a shard reads its contiguous
     part."""

@@ -76,6 +76,14 @@ class Backend(abc.ABC):
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         return tf.linalg.global_norm(grads)
 
+    def sum_in_step(self, tensors: list[tf.Tensor]) -> list[tf.Tensor]:
+        """Inside `run_step`'s replica function: each tensor summed over every replica of the job (synchronised batch
+        statistics: job/precise_bn.py)."""
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
+        return list(tensors)
+
     def broadcast_initial_state(self, variables: list[tf.Variable]) -> None:
         """Make every worker start from the chief's values (after build or restore)."""
 

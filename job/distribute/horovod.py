@@ -66,6 +66,9 @@ class HorovodBackend(Backend):
     def broadcast_initial_state(self, variables: list[Any]) -> None:
         self.hvd.broadcast_variables([_as_tf_variable(v) for v in variables], root_rank=0)
 
+    def sum_in_step(self, tensors: list[tf.Tensor]) -> list[tf.Tensor]:
+        return list(self.hvd.grouped_allreduce(list(tensors), op=self.hvd.Sum))
+
     def all_reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
         if not values:
             return {}

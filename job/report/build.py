@@ -18,7 +18,7 @@ import numpy as np
 
 from job import config as configlib
 from job.evaluate import compute_metrics, predict_logits
-from job.layout import HISTORY_FILE, REPORT_FILE
+from job.layout import CONFIG_FILE, HISTORY_FILE, REPORT_FILE
 from job.report import analysis, plots
 from job.report.gallery import gallery
 from job.report.page import render
@@ -37,7 +37,8 @@ def write_report(run, cfg, model, splits, step: int, weights: str = "final", log
     (the final evaluation's, at the end of a run), or predicted here. `weights` says which weights these are (final,
     latest, best) for the header. Returns the local file."""
     began = time.perf_counter()
-    run.fetch(HISTORY_FILE)  # a report made by the CLI on a remote run: the history is in the bucket
+    for name in (CONFIG_FILE, HISTORY_FILE):  # a report made by the CLI on a remote run: they are in the bucket
+        run.fetch(name)
     if logits is None:
         logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
     predicted = time.perf_counter()
