@@ -22,7 +22,9 @@ from job.config import Config
 from job.data import Splits
 from job.devices import resolve as resolve_for_device
 from job.distribute import Backend, make_backend
+from job.ema import WeightAverage
 from job.layout import CLASSES_FILE
+from job.metrics import best_metric
 from job.models.assembly import PREPROCESS_LAYER, build_full_model, is_transfer, set_phase
 from job.optim import make_optimizer
 from job.runconfig import check_run_config, load_run_config, store_run_config
@@ -72,6 +74,7 @@ class RunParts:
     steps_per_epoch: int
     optimizer: keras.optimizers.Optimizer | None = None  # None when built for evaluation
     state: TrainState | None = None
+    ema: WeightAverage | None = None  # the averaged weights, with train.ema_decay
     writers: SummaryWriters | None = None  # the chief's, when built for training
     batches: BatchPlan = BatchPlan(global_batch=0, workers=1, replicas=1, accumulation=1)  # how a step is split
 
@@ -127,15 +130,16 @@ def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True,
             set_phase(model, cfg, 2)
         # Built on every variable any phase trains, so the checkpoint has all slots from the start.
         optimizer.build(model.trainable_variables)
+        ema = averaged_weights(model, cfg)
         if is_transfer(cfg):
             set_phase(model, cfg, 1)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=state.step,
                                      best_val_top1=state.best_val_top1,
                                      epochs_without_improvement=state.epochs_without_improvement,
-                                     rng=random_state_variables(model))
+                                     rng=random_state_variables(model), **({"ema": ema.trackable} if ema else {}))
     return RunParts(cfg=cfg, backend=backend, splits=splits, run=run, model=model, checkpoint=checkpoint,
-                    store=CheckpointStore(run, keep=cfg.checkpoint.keep), steps_per_epoch=steps_per_epoch,
-                    optimizer=optimizer, state=state,
+                    store=CheckpointStore(run, keep=cfg.checkpoint.keep, best_metric=best_metric(cfg)),
+                    steps_per_epoch=steps_per_epoch, optimizer=optimizer, state=state, ema=ema,
                     writers=SummaryWriters(run, cfg) if writers and backend.is_chief else None, batches=batches)
 
 
@@ -145,11 +149,30 @@ def build_for_evaluation(run: RunDir) -> RunParts:
     cfg = configure(load_run_config(run.storage))
     splits = datalib.load_splits(cfg.data, cfg.train.seed)
     model = build_inference_model(cfg, splits.num_classes)
+    ema = inference_average(model, cfg)
     steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size)
     single = dataclasses.replace(cfg, distribute=dataclasses.replace(cfg.distribute, backend="single"))
     return RunParts(cfg=cfg, backend=make_backend(single),
-                    splits=splits, run=run, model=model, checkpoint=tf.train.Checkpoint(model=model),
-                    store=CheckpointStore(run, keep=cfg.checkpoint.keep), steps_per_epoch=steps_per_epoch)
+                    splits=splits, run=run, model=model,
+                    checkpoint=tf.train.Checkpoint(model=model, **({"ema": ema.trackable} if ema else {})),
+                    store=CheckpointStore(run, keep=cfg.checkpoint.keep, best_metric=best_metric(cfg)),
+                    steps_per_epoch=steps_per_epoch, ema=ema)
+
+
+def averaged_weights(model: keras.Model, cfg: Config) -> WeightAverage | None:
+    """The weight EMA of a run with train.ema_decay (job/ema.py), over the variables any phase trains: call with a
+    transfer model in its phase 2 (or any other model as built)."""
+    return WeightAverage(model, model.trainable_variables, cfg.train.ema_decay) if cfg.train.ema_decay else None
+
+
+def inference_average(model: keras.Model, cfg: Config) -> WeightAverage | None:
+    """The weight EMA of an existing run's model rebuilt for inference, over the same variables in the same order as
+    build_run made it (a transfer model's phase-2 variables when it has a phase 2), to restore the averages into."""
+    if not cfg.train.ema_decay:
+        return None
+    if is_transfer(cfg) and cfg.train.finetune_epochs:
+        set_phase(model, cfg, 2)
+    return averaged_weights(model, cfg)
 
 
 def random_state_variables(model: keras.Model) -> list[tf.Variable]:

@@ -72,11 +72,12 @@ def _checkpoint_file(relpath: str) -> tuple[int, str] | None:
 
 
 class CheckpointStore:
-    def __init__(self, run: RunDir, keep: int = 3):
+    def __init__(self, run: RunDir, keep: int = 3, best_metric: str = BEST_METRIC):
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.run = run
         self.keep = keep
+        self.best_metric = best_metric  # the commit objects' metric that ranks checkpoints for best()
         self.storage = run.storage  # the run URL (the run directory itself for local runs)
         self.working = LocalStorage(run.local)  # the local working copy (== storage's folder for local runs)
         self.dir = run.local / CKPT_DIR
@@ -209,7 +210,7 @@ class CheckpointStore:
         self._after_commit(step)
 
     def _kept(self, committed: set[int]) -> list[int]:
-        """The steps to keep of `committed`: the newest `keep`, and the best by BEST_METRIC; oldest first."""
+        """The steps to keep of `committed`: the newest `keep`, and the best by best_metric; oldest first."""
         kept = sorted(committed)[-self.keep:]
         ranked = self._by_metric(committed)
         if ranked and ranked[0] not in kept:
@@ -322,11 +323,11 @@ class CheckpointStore:
         return self._manifests[step]
 
     def _by_metric(self, steps) -> list[int]:
-        """The steps whose metrics have a numeric BEST_METRIC, best first (the newest first among equals)."""
+        """The steps whose metrics have a numeric best_metric, best first (the newest first among equals)."""
         scored = []
         for step in steps:
             try:
-                value = (self._manifest(step) or {}).get("metrics", {}).get(BEST_METRIC)
+                value = (self._manifest(step) or {}).get("metrics", {}).get(self.best_metric)
             except DamagedCheckpoint:
                 continue
             if isinstance(value, (int, float)):
@@ -388,7 +389,7 @@ class CheckpointStore:
         return self._first_usable(sorted(self.committed_steps(), reverse=True), "committed")
 
     def best(self) -> Committed | None:
-        """The committed checkpoint with the highest metrics[BEST_METRIC] among those that verify."""
+        """The committed checkpoint with the highest metrics[best_metric] among those that verify."""
         self._wait_for_own_commits()
         return self._first_usable(self._by_metric(self.committed_steps()), "scored")
 

@@ -115,13 +115,17 @@ def add_weights_arguments(parser: argparse.ArgumentParser, files: bool = True) -
     parser.add_argument("--checkpoint", default=DEFAULT, metavar="latest|best|PREFIX",
                         help="with --run-dir: the newest committed checkpoint (default), the best by validation "
                              "top-1, or a checkpoint prefix (RUN/checkpoints/ckpt-1200-1a2b3c4d)")
+    parser.add_argument("--trained-weights", action="store_true",
+                        help="with --run-dir of a run that averages its weights (train.ema_decay): the trained "
+                             "weights, not their average (the default)")
 
 
 def selection(args: argparse.Namespace):
     """The weights the arguments of add_weights_arguments name."""
     from job.weights import Selection
 
-    return Selection(run_dir=args.run_dir, checkpoint=args.checkpoint, model_file=getattr(args, "model", None))
+    return Selection(run_dir=args.run_dir, checkpoint=args.checkpoint, model_file=getattr(args, "model", None),
+                     trained=args.trained_weights)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,15 +103,16 @@ def confusion_image(confusion: np.ndarray) -> np.ndarray:
 
 
 def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: str = "final",
-                       logits: np.ndarray | None = None) -> dict[str, Any]:
+                       logits: np.ndarray | None = None, extra: dict | None = None) -> dict[str, Any]:
     """Evaluate `model` on the test set (or its test-set `logits`, when predicted already), write the reports into
-    the run, print the table, return the metrics."""
+    the run, print the table, return the metrics (with `extra` added: the other weights' figures)."""
     if logits is None:
         logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
     metrics = compute_metrics(splits.y_test, logits, splits.class_names,
                               splits.fine_to_coarse if cfg.data.label_mode == "fine" else None,
                               splits.coarse_names)
-    metrics.update({"step": int(step), "checkpoint": label, "model": cfg.model.name, "dataset": cfg.data.name})
+    metrics.update({"step": int(step), "checkpoint": label, "model": cfg.model.name, "dataset": cfg.data.name,
+                    **(extra or {})})
     title = f"Evaluation of {cfg.model.name} on the {cfg.data.name} test set (step {step}, {label} weights)"
     summary = format_report(metrics, title)
     (run.local / EVAL_DIR).mkdir(parents=True, exist_ok=True)
@@ -136,11 +137,11 @@ def evaluate_run(selection) -> dict[str, Any]:
     best or a prefix), evaluate and store."""
     from job.builder import build_for_evaluation
     from job.rundir import RunDir
-    from job.weights import choose
+    from job.weights import choose, restore
 
     parts = build_for_evaluation(RunDir.open(selection.run_dir))
     chosen = choose(parts.store, selection)
-    parts.checkpoint.read(chosen.prefix).expect_partial()
+    restore(parts.checkpoint, parts.ema, chosen.prefix, selection)
     metrics = evaluate_and_store(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step,
                                  label=selection.label)
     parts.run.close(parts.cfg.checkpoint.upload_timeout_seconds)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from job import data as datalib
 from job.builder import RunParts
 from job.hooks.base import Event, Hook, RunInfo, Save, State, Stop
-from job.metrics import BEST_METRIC, SUM_KEYS, interval_stats, rates, validation_metrics, zero_sums
+from job.metrics import AVERAGED_PREFIX, SUM_KEYS, best_metric, interval_stats, rates, validation_metrics, zero_sums
 from job.models.assembly import is_transfer, set_phase
 from job.precise_bn import recalibrate, trainable_batchnorms
 from job.step import eval_step, make_multi_step, make_train_step
@@ -94,12 +94,17 @@ class Loop:
                 break
             self.recalibrate()
             validation = self.validate()
+            if self.parts.ema is not None:
+                validation = self._validate_averaged(validation)
             self._track_best(validation)
             self._emit(Event.EPOCH_END, epoch=epoch, train=train, validation=validation)
             self.save(validation)
         if self.saved_step != self.step:
             if not self.stop.preempted:  # a preemption's save must be quick; a resume recalibrates at the epoch end
                 self.recalibrate()
+                if self.parts.ema is not None:
+                    with self.parts.ema.swapped():
+                        self.recalibrate(force=True)
             self.save()  # every worker takes part; a run resumed at its very end has nothing new to save
         return PREEMPTED if self.stop.preempted else STOPPED if self.stop else FINISHED
 
@@ -162,12 +167,14 @@ class Loop:
         elapsed = time.perf_counter() - epoch_start
         return {**rates(epoch_sums), "images_per_second": epoch_sums["count"] / max(elapsed, 1e-9)}
 
-    def recalibrate(self) -> None:
+    def recalibrate(self, force: bool = False) -> None:
         """BatchNorm statistics recomputed for the weights as they are now (job/precise_bn.py), from K training batches
         of the epoch trained last; every worker calls this at the same step. A no-op without BatchNorm layers, with
-        train.bn_recalibration_batches=0, or when done for this step already."""
+        train.bn_recalibration_batches=0, or when done for this step already (unless `force`: the averaged
+        weights')."""
         batches = self.cfg.train.bn_recalibration_batches
-        if not batches or self._calibrated_step == self.step or not trainable_batchnorms(self.parts.model):
+        done = self._calibrated_step == self.step and not force
+        if not batches or done or not trainable_batchnorms(self.parts.model):
             return
         parts, started = self.parts, time.perf_counter()
         epoch = max(0, self.step - 1) // parts.steps_per_epoch
@@ -175,9 +182,20 @@ class Loop:
             lambda shard: datalib.calibration_dataset(parts.splits.x_train, shard, self.cfg.train.seed, epoch,
                                                       batches), self.cfg.train.batch_size)
         layers = recalibrate(parts.model, parts.backend, dataset)
-        self._calibrated_step = self.step
+        if not force:
+            self._calibrated_step = self.step
         log.debug("BatchNorm statistics of %d layers recomputed from %d batches at step %d in %.2f s", layers,
                   batches, self.step, time.perf_counter() - started)
+
+    def _validate_averaged(self, validation: dict[str, float] | None) -> dict[str, float] | None:
+        """The averaged weights (job/ema.py), their BatchNorm statistics recomputed for them, validated beside the
+        trained ones: `validation` with ema_val_loss, ema_val_top1 and ema_val_top5 added."""
+        with self.parts.ema.swapped():
+            self.recalibrate(force=True)
+            averaged = self.validate()
+        if averaged is None:
+            return validation
+        return {**validation, **{AVERAGED_PREFIX + k: v for k, v in averaged.items()}}
 
     def validate(self) -> dict[str, float] | None:
         """val_loss, val_top1, val_top5 over the whole validation split (each worker its shard), or None without one."""
@@ -224,11 +242,12 @@ class Loop:
     def _track_best(self, validation: dict | None) -> None:
         """The best validation top-1 so far and the epochs since it improved: in the checkpoint, so a resume goes on
         counting (early stopping, the tuner's objective and best-checkpoint selection read them)."""
-        if not validation or not math.isfinite(validation[BEST_METRIC]):
+        metric = best_metric(self.cfg)
+        if not validation or not math.isfinite(validation[metric]):
             return
         state = self.parts.state
-        if validation[BEST_METRIC] > state.best_val_top1.numpy():
-            state.best_val_top1.assign(validation[BEST_METRIC])
+        if validation[metric] > state.best_val_top1.numpy():
+            state.best_val_top1.assign(validation[metric])
             state.epochs_without_improvement.assign(0)
         else:
             state.epochs_without_improvement.assign_add(1)

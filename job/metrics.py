@@ -10,6 +10,13 @@ import tensorflow as tf
 
 SUM_KEYS = ("loss_sum", "correct1", "correct5", "count")
 BEST_METRIC = "val_top1"  # what "best" means: the best checkpoint, early stopping, and a tuner's objective
+AVERAGED_PREFIX = "ema_"  # the averaged weights' validation figures (job/ema.py): ema_val_loss, ema_val_top1, ...
+
+
+def best_metric(cfg) -> str:
+    """The figure "best" is judged by in a run of `cfg`: the averaged weights' validation top-1 when it keeps them
+    (they are what is exported and served), else the trained weights'."""
+    return AVERAGED_PREFIX + BEST_METRIC if cfg.train.ema_decay else BEST_METRIC
 
 
 def batch_sums(logits: tf.Tensor, labels: tf.Tensor, per_example_loss: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -57,6 +57,8 @@ def make_train_step(parts: RunParts, sums: dict[str, tf.Variable]):
             factor = tf.minimum(1.0, clip * optimizer.scale_loss(1.0) / (norm + 1e-12))
             grads = [g * factor for g in grads]
         optimizer.apply(grads, variables)
+        if parts.ema is not None:
+            parts.ema.update()
         # The votes are summed over all replicas with the metrics, so every worker sees every worker's request.
         # (identity: a per-replica value; the captured tensor itself cannot be reduced by MirroredStrategy.)
         return {**sums_here, "stop_votes": tf.identity(stop_votes)}

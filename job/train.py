@@ -2,13 +2,14 @@
 preempted run commits its checkpoint and exits 75; any other ends with the export and the final evaluation."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from job.builder import RunParts, build_run
 from job.config import Config
 from job.data import Splits
 from job.errors import EXIT_OK, EXIT_PREEMPTED
-from job.evaluate import evaluate_and_store, predict_logits
+from job.evaluate import compute_metrics, evaluate_and_store, predict_logits
 from job.export import export_model
 from job.hooks import Hook, default_hooks
 from job.loop import PREEMPTED, Loop
@@ -59,14 +60,26 @@ def train(cfg: Config, extra_hooks: list[Hook] = (), splits: Splits | None = Non
 
 
 def _evaluate_and_export(parts: RunParts, step: int) -> tuple[dict, object]:
-    """The chief's end of a run: the test set predicted once, its evaluation stored, and the exports (the model card
-    has the metrics). Returns the evaluation and the test set's logits, which the report uses too."""
+    """The chief's end of a run: the test set predicted once per weight set, the evaluation of the weights a run
+    exports stored (the averaged ones when it keeps them, with the trained ones' figures beside), and the exports (the
+    model card has the metrics). Returns the evaluation and the exported weights' test logits, which the report uses."""
     cfg, run, model, splits = parts.cfg, parts.run, parts.model, parts.splits
-    logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
-    evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=logits,
-                                    writer=parts.writers.eval if parts.writers else None)
-    export_model(run, cfg, model, splits.class_names, evaluation)
+    extra = {}
+    if parts.ema is not None:
+        trained = compute_metrics(splits.y_test, predict_logits(model, splits.x_test, cfg.train.eval_batch_size),
+                                  splits.class_names)
+        extra = {"weights": "averaged", "trained": {k: trained[k] for k in ("loss", "top1", "top5")}}
+    with _exported_weights(parts):
+        logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+        evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=logits, extra=extra,
+                                        writer=parts.writers.eval if parts.writers else None)
+        export_model(run, cfg, model, splits.class_names, evaluation)
     return evaluation, logits
+
+
+def _exported_weights(parts: RunParts):
+    """The weights a run evaluates last, exports and reports on: the averaged ones when it keeps them (job/ema.py)."""
+    return parts.ema.swapped() if parts.ema is not None else contextlib.nullcontext()
 
 
 def _report(parts: RunParts, step: int, logits) -> None:
@@ -75,7 +88,8 @@ def _report(parts: RunParts, step: int, logits) -> None:
     from job.report.build import write_report  # matplotlib: imported when needed, not at every start
 
     try:
-        write_report(parts.run, parts.cfg, parts.model, parts.splits, step=step, weights="final", logits=logits)
+        with _exported_weights(parts):
+            write_report(parts.run, parts.cfg, parts.model, parts.splits, step=step, weights="final", logits=logits)
     except Exception:  # noqa: BLE001
         log.exception("could not make the report; make it again with `python -m job report --run-dir %s`",
                       parts.run.url)

@@ -35,6 +35,7 @@ class Selection:
     run_dir: str | None = None
     checkpoint: str = DEFAULT
     model_file: str | None = None
+    trained: bool = False  # a run with train.ema_decay: its trained weights rather than their average (the default)
 
     @property
     def is_prefix(self) -> bool:
@@ -157,6 +158,17 @@ def _check_readable(prefix: str) -> None:
                         f"'latest' for the newest one that verifies") from None
 
 
+def restore(checkpoint, ema, prefix: str, selection: Selection) -> str:
+    """Read the checkpoint `prefix` into the model of `checkpoint` (and into `ema`, the run's weight average, if it
+    keeps one), then put the weights `selection` asks for into the model: the averaged ones unless it asks for the
+    trained ones. Returns which: "averaged" or "trained"."""
+    checkpoint.read(prefix).expect_partial()
+    if ema is None or selection.trained:
+        return "trained"
+    ema.copy_into_model()
+    return "averaged"
+
+
 def _step_of(prefix: str) -> int:
     import re
 
@@ -196,7 +208,9 @@ def load(selection: Selection) -> Loaded:
         return _load_file(selection.model_file)
     import tensorflow as tf
 
+    from job.builder import inference_average
     from job.checkpoint import CheckpointStore
+    from job.metrics import best_metric
     from job.runconfig import load_run_config
     from job.rundir import RunDir
 
@@ -204,16 +218,19 @@ def load(selection: Selection) -> Loaded:
     try:
         cfg = load_run_config(run.storage)
         classes = run_classes(run, cfg)
-        chosen = choose(CheckpointStore(run, keep=cfg.checkpoint.keep), selection)
+        chosen = choose(CheckpointStore(run, keep=cfg.checkpoint.keep, best_metric=best_metric(cfg)), selection)
         model = build_inference_model(cfg, len(classes))
+        ema = inference_average(model, cfg)
+        checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema.trackable} if ema else {}))
         try:
-            tf.train.Checkpoint(model=model).read(chosen.prefix).expect_partial()
+            which = restore(checkpoint, ema, chosen.prefix, selection)
         except (tf.errors.OpError, ValueError, AssertionError) as e:
             raise UserError(f"could not restore {chosen.prefix} into the run's {cfg.model.name} "
                             f"({type(e).__name__}: {first_line(e, 200)})") from None
     finally:
         run.close(timeout=10.0)
-    return Loaded(model=model, cfg=cfg, classes=classes, weights=selection.describe(chosen.step), step=chosen.step)
+    weights = selection.describe(chosen.step) + (", averaged weights" if which == "averaged" else "")
+    return Loaded(model=model, cfg=cfg, classes=classes, weights=weights, step=chosen.step)
 
 
 def _load_file(path: str) -> Loaded:

@@ -27,7 +27,7 @@ TINY = ["--config", "digits_resnet20", "model.name=simple_cnn", "model.dropout=0
 def final_variables(run_dir):
     step = committed_steps(run_dir)[-1]
     prefix = committed_prefix(run_dir, step)
-    names = [n for n, _ in tf.train.list_variables(prefix) if n.startswith(("model/", "optimizer/"))]
+    names = [n for n, _ in tf.train.list_variables(prefix) if n.startswith(("model/", "optimizer/", "ema/"))]
     assert len(names) > 10
     return step, {n: tf.train.load_variable(prefix, n) for n in names}
 
@@ -41,8 +41,8 @@ def straight_run(tmp_path_factory):
     return straight
 
 
-def assert_resumed_like_straight(resumed, straight, killed_at: int) -> None:
-    again = run_job("train", *TINY, f"run.dir={resumed}")
+def assert_resumed_like_straight(resumed, straight, killed_at: int, args=TINY) -> None:
+    again = run_job("train", *args, f"run.dir={resumed}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from step {killed_at}" in again.stderr
 
@@ -67,6 +67,77 @@ def test_kill_minus_nine_mid_epoch_then_resume_ends_with_the_same_weights(tmp_pa
     kill_hard(process)
     assert committed_steps(resumed) == [5]
     assert_resumed_like_straight(resumed, straight_run, killed_at=5)
+
+
+# The same with weight EMA and BatchNorm (ResNet-20): the averages and their recomputed statistics resume exactly too.
+TINY_EMA = ["--config", "digits_resnet20", "train.epochs=2", "train.batch_size=32", "train.deterministic=true",
+            "checkpoint.every_steps=5", "train.max_steps_per_epoch=12", "train.ema_decay=0.9",
+            "data.validation_split=0.1"]
+
+
+@pytest.fixture(scope="module")
+def straight_ema_run(tmp_path_factory):
+    straight = tmp_path_factory.mktemp("straight_ema") / "run"
+    done = run_job("train", *TINY_EMA, f"run.dir={straight}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return straight
+
+
+def test_kill_minus_nine_with_weight_ema_then_resume_ends_with_the_same_raw_and_averaged_weights(
+        tmp_path, straight_ema_run):
+    resumed, log = tmp_path / "resumed", tmp_path / "first.log"
+    process = start_job("train", *TINY_EMA, f"run.dir={resumed}", log_path=log,
+                        env=trainer_env(JOB_TEST_HOLD_TASK=r"^checkpoint ckpt-10$"))
+    wait_for(lambda: "held for a test: checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
+             what="the commit of ckpt-10 to be held")
+    kill_hard(process)
+    assert committed_steps(resumed) == [5]
+    assert_resumed_like_straight(resumed, straight_ema_run, killed_at=5, args=TINY_EMA)
+    _, weights = final_variables(resumed)
+    assert len([n for n in weights if n.startswith("ema/")]) > 50, "the averages are in the checkpoint"
+
+
+def test_a_run_with_weight_ema_exports_predicts_and_serves_the_averaged_weights(tmp_path, straight_ema_run):
+    """README "Recipes": with train.ema_decay, `best`, `latest` and the exports use the averaged weights unless
+    --trained-weights says otherwise."""
+    from job.inference import Classifier
+    from job.models import load_model
+    from job.weights import Selection
+    from sample_images import digit_images, encode
+    from serve_server import ServeProcess, multipart, request
+
+    images = np.stack([image for image, _ in digit_images(16)])
+    exported = load_model(str(straight_ema_run / "export" / "model.keras"))
+    export_probabilities = tf.nn.softmax(exported(images.astype("float32"), training=False)).numpy()
+    averaged = Classifier.load(Selection(run_dir=str(straight_ema_run))).predict(images)
+    trained = Classifier.load(Selection(run_dir=str(straight_ema_run), trained=True)).predict(images)
+    np.testing.assert_allclose(averaged, export_probabilities, atol=1e-5)
+    assert np.abs(trained - averaged).max() > 1e-3, "the trained weights answer differently"
+    metrics = json.loads((straight_ema_run / "eval" / "metrics.json").read_text())
+    assert metrics["weights"] == "averaged" and set(metrics["trained"]) == {"loss", "top1", "top5"}
+
+    files = []
+    for i, image in enumerate(images[:4]):
+        files.append(tmp_path / f"digit{i}.png")
+        files[-1].write_bytes(encode(image, "PNG"))
+    answers = {}
+    for flag in ([], ["--trained-weights"]):
+        result = run_job("predict", "--run-dir", str(straight_ema_run), *flag, "--json", *map(str, files))
+        assert result.returncode == 0, result.stderr[-3000:]
+        answers[bool(flag)] = [json.loads(line)["top"][0]["probability"] for line in result.stdout.splitlines()]
+    np.testing.assert_allclose(answers[False], averaged[:4].max(axis=1), atol=1e-5)
+    np.testing.assert_allclose(answers[True], trained[:4].max(axis=1), atol=1e-5)
+
+    server = ServeProcess.start(["--run-dir", str(straight_ema_run)], tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        body, content_type = multipart([(f.name, f.read_bytes()) for f in files])
+        reply = request("POST", server.url + "/v1/predict", body, {"Content-Type": content_type})
+        assert reply.status == 200, reply.body[:500]
+        served = [p["top"][0]["probability"] for p in reply.json["predictions"]]
+        np.testing.assert_allclose(served, answers[False], atol=1e-5)
+    finally:
+        server.stop()
 
 
 def test_kill_minus_nine_during_a_background_checkpoint_write_then_resume_ends_with_the_same_weights(

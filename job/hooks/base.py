@@ -61,7 +61,8 @@ class State:
     step: int  # steps done
     epoch: int  # the epoch being trained, counted from 0 (at EPOCH_END: the epoch just ended)
     lr: float  # the learning rate of the next step
-    best_val_top1: float | None  # the best validation top-1 of the run so far (None before one, or without a split)
+    best_val_top1: float | None  # the best validation top-1 so far (None before one, or without a split): of the
+                                 # averaged weights in a run that keeps them (job.metrics.best_metric)
     epochs_without_improvement: int
     # INTERVAL_END: the interval's loss, top1, top5, images_per_second, step_seconds, lr, steps.
     # EPOCH_END: the epoch's loss, top1, top5, images_per_second.

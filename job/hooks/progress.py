@@ -76,6 +76,10 @@ class ProgressHook(Hook):
         if validation:
             log.info("epoch %d validation: loss %.4f  top-1 %.4f  top-5 %.4f", state.epoch + 1,
                      validation["val_loss"], validation["val_top1"], validation["val_top5"])
+        if validation and "ema_val_top1" in validation:
+            log.info("epoch %d validation of the averaged weights: loss %.4f  top-1 %.4f  top-5 %.4f",
+                     state.epoch + 1, validation["ema_val_loss"], validation["ema_val_top1"],
+                     validation["ema_val_top5"])
 
     def on_train_end(self, state):
         if self.progress is not None:

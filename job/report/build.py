@@ -129,11 +129,11 @@ def report_run(selection) -> Path:
     the report. job/report/commands.py checks the arguments first."""
     from job.builder import build_for_evaluation
     from job.rundir import RunDir
-    from job.weights import choose
+    from job.weights import choose, restore
 
     parts = build_for_evaluation(RunDir.open(selection.run_dir))
     chosen = choose(parts.store, selection)
-    parts.checkpoint.read(chosen.prefix).expect_partial()
+    restore(parts.checkpoint, parts.ema, chosen.prefix, selection)
     path = write_report(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step,
                         weights=selection.label)
     parts.run.close(parts.cfg.checkpoint.upload_timeout_seconds)

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from job.errors import EXIT_OK, EXIT_PREEMPTED, UserError, first_line
 from job.hooks import Hook, Stop
-from job.metrics import BEST_METRIC
+from job.metrics import best_metric
 from job.tune.database import DatabaseUnavailableError, patiently
 from job.tune.study import ERROR_ATTR, RUN_ATTR, Study, origin_number
 
@@ -45,16 +45,16 @@ class TrialReport(Hook):
         self.resumed_from = state.step
 
     def on_epoch_end(self, state):
-        epoch, validation = state.epoch, state.validation
+        epoch, validation, metric = state.epoch, state.validation, best_metric(state.run.cfg)
         self.epochs = epoch
         if not validation:
             return None
-        patiently(lambda: self.trial.report(float(validation[BEST_METRIC]), step=epoch), "reporting an epoch")
+        patiently(lambda: self.trial.report(float(validation[metric]), step=epoch), "reporting an epoch")
         if (state.run.is_chief and self.pruned_at is None
                 and patiently(self.trial.should_prune, "asking the pruner")):
             self.pruned_at = epoch
             log.info("trial %d pruned after epoch %d (validation top-1 %.4f is below the median of earlier trials)",
-                     self.trial.number, epoch, validation[BEST_METRIC])
+                     self.trial.number, epoch, validation[metric])
             return Stop(f"pruned by the tuner after epoch {epoch}")
         return None
 
