@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from job.errors import ConfigError, first_line
+from job.tta import MODES as TTA_MODES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 BASE_KEY = "base"  # a config file's parent: a preset name or a YAML path; consumed by load_config, not in Config
@@ -153,7 +154,7 @@ CHOICES = {
     "data.normalization": ("standardize", "gcn_zca", "none"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant", "triangular"),
-    "train.tta": ("off", "flip", "flip-translate"),  # job/tta.py MODES
+    "train.tta": TTA_MODES,
     "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
 }
 

@@ -62,12 +62,16 @@ def _finish(parts: RunParts, step: int) -> dict:
     from job.report.build import write_report  # matplotlib: imported when needed, not at every start
 
     cfg, run, model, splits = parts.cfg, parts.run, parts.model, parts.splits
-    logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
-    evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=logits,
+    # the test set predicted once per TTA mode: without TTA, and with train.tta (the headline) when it is on
+    plain = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+    tta = cfg.train.tta
+    logits = plain if tta == "off" else predict_logits(model, splits.x_test, cfg.train.eval_batch_size, tta)
+    evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=logits, tta=tta, plain_logits=plain,
                                     writer=parts.writers.eval if parts.writers else None)
-    export_model(run, cfg, model, splits.class_names, evaluation)
+    export_model(run, cfg, model, splits.class_names, evaluation)  # the model alone: exports stay TTA-free
     try:
-        write_report(run, cfg, model, splits, step=step, weights="final", logits=logits)
+        write_report(run, cfg, model, splits, step=step, weights="final", logits=logits, tta=tta,
+                     plain_logits=plain)
     except Exception:  # noqa: BLE001 - the run's results are stored by now; the report can be made again
         log.exception("could not make the report; make it again with `python -m job report --run-dir %s`", run.url)
     return evaluation
