@@ -480,6 +480,8 @@ def _coerce(value: Any, t: Any, key: str) -> Any:
             return value
         if value is None:
             return "none"
+        if value is False and "off" in CHOICES.get(key, ()):  # YAML 1.1 reads an unquoted `off` as false
+            return "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{key} must be {t.__name__ if isinstance(t, type) else t}, got {value!r}")
