@@ -25,9 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run's checkpoint on the test set")
     add_weights_arguments(evaluate, files=False)
+    add_tta_argument(evaluate, None)
 
     report = sub.add_parser("report", help="make a run's eval/report.html again (also made at the end of training)")
     add_weights_arguments(report, files=False)
+    add_tta_argument(report, None)
 
     export = sub.add_parser("export", help="write a run's export/ again from the chosen checkpoint (also written at "
                                            "the end of training)")
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="classify image files, folders or gs:// objects with a run's model")
     add_weights_arguments(predict)
+    add_tta_argument(predict, "off")
     predict.add_argument("paths", nargs="+", metavar="PATH",
                          help="an image file, a folder (its images, recursively), or a gs:// object or prefix")
     predict.add_argument("--top", type=positive_int, default=5, help="how many classes to show per image (default 5)")
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="a web page and an HTTP API that classify uploaded images")
     add_weights_arguments(serve)
+    add_tta_argument(serve, "off")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default loopback; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=port_number, default=8080, help="port (default 8080)")
@@ -118,6 +122,16 @@ def add_weights_arguments(parser: argparse.ArgumentParser, files: bool = True) -
     parser.add_argument("--trained-weights", action="store_true",
                         help="with --run-dir of a run that averages its weights (train.ema_decay): the trained "
                              "weights, not their average (the default)")
+
+
+def add_tta_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """--tta: test-time augmentation around the model (job/tta.py); None: the run's train.tta."""
+    from job.tta import MODES, VIEWS
+
+    cost = ", ".join(f"{m} {VIEWS[m]}x" for m in MODES)
+    default_text = "the run's train.tta" if default is None else default
+    parser.add_argument("--tta", choices=MODES, default=default,
+                        help=f"test-time augmentation, averaged logits ({cost} the compute; default {default_text})")
 
 
 def selection(args: argparse.Namespace):
@@ -194,7 +208,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from job.report import commands
 
         if args.command == "report":
-            return commands.report(selection(args))
+            return commands.report(selection(args), args.tta)
         return commands.compare(args.run_dirs, args.out)
     if args.command == "predict":
         from job.predict import main as predict
@@ -219,7 +233,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         from job.evaluate import evaluate_run
 
-        evaluate_run(selection(args))
+        evaluate_run(selection(args), args.tta)
         return 0
     raise AssertionError(args.command)
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from job.errors import ConfigError, first_line
+from job.tta import MODES as TTA_MODES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 BASE_KEY = "base"  # a config file's parent: a preset name or a YAML path; consumed by load_config, not in Config
@@ -36,6 +37,19 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class MixConfig:
+    """Mixup / CutMix with timm's parameters (timm.data.Mixup, batch mode): one lambda per global batch."""
+    mixup_alpha: float = 0.0  # Beta(a, a) of mixup's lambda; 0 turns mixup off
+    cutmix_alpha: float = 0.0  # Beta(a, a) of CutMix's lambda; 0 turns CutMix off
+    prob: float = 1.0  # share of batches mixed at all (the others keep their images and one-hot labels)
+    switch_prob: float = 0.5  # with both on: share of the mixed batches that use CutMix rather than mixup
+
+    @property
+    def enabled(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+@dataclass(frozen=True)
 class DataConfig:
     name: str = "cifar100"  # cifar10 | cifar100 | digits | synthetic
     dir: str = "data"  # where the official archives are (or are downloaded to)
@@ -45,6 +59,7 @@ class DataConfig:
     validation_split: float = 0.0  # fraction of train held out for validation, chosen by train.seed
     normalization: str = "standardize"  # standardize (per-channel mean/std) | gcn_zca | none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mix: MixConfig = field(default_factory=MixConfig)  # after augmentation; labels become soft (docs/recipes.md)
     synthetic_examples: int = 1024  # size of the synthetic training set; only with name=synthetic
 
 
@@ -67,7 +82,7 @@ class OptimizerConfig:
     weight_decay: float = 5e-4  # decoupled (Keras' weight_decay) for both; skips biases and norm parameters
     clip_norm: float = 0.0  # global gradient norm clip; 0 turns it off
     label_smoothing: float = 0.0
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: str = "cosine"  # cosine | step | constant | triangular (linear up over warmup, linear down to 0)
     warmup_epochs: float = 0.0
     step_epochs: tuple[float, ...] = ()  # step schedule: epochs at which the LR is multiplied by step_factor
     step_factor: float = 0.1
@@ -88,6 +103,7 @@ class TrainConfig:
     finetune_lr_factor: float = 0.1  # phase-2 LR relative to phase 1
     early_stopping_patience: int = 0  # epochs without a better validation top-1 before stopping; 0 turns it off
     eval_batch_size: int = 500
+    tta: str = "off"  # test-time augmentation of the run's final evaluation and report: off | flip | flip-translate
     max_steps_per_epoch: int = 0  # cap for smoke runs and benchmarks; 0 = a full pass over the data
     bn_recalibration_batches: int = 20  # BatchNorm statistics recomputed from this many training batches before
                                         # each validation and the end (job/precise_bn.py); 0 turns it off
@@ -141,7 +157,8 @@ class Config:
 CHOICES = {
     "data.normalization": ("standardize", "gcn_zca", "none"),
     "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("cosine", "step", "constant"),
+    "optim.schedule": ("cosine", "step", "constant", "triangular"),
+    "train.tta": TTA_MODES,
     "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
 }
 
@@ -164,6 +181,10 @@ RANGES = {
     "data.augment.rotation_degrees": Range(0, 180),
     "data.augment.zoom": Range(0, 1, "[)"),
     "data.augment.cutout": Range(0, None, "[)"),  # below the image side: the dataset's check
+    "data.mix.mixup_alpha": Range(0, None, "[)"),
+    "data.mix.cutmix_alpha": Range(0, None, "[)"),
+    "data.mix.prob": Range(0, 1),
+    "data.mix.switch_prob": Range(0, 1),
     "model.dropout": Range(0, 1, "[)"),
     "model.l2": Range(0, None, "[)"),
     "model.input_size": Range(32, None, "[)", zero="the model's default, 224"),  # keras.applications' smallest
@@ -465,6 +486,8 @@ def _coerce(value: Any, t: Any, key: str) -> Any:
             return value
         if value is None:
             return "none"
+        if value is False and "off" in CHOICES.get(key, ()):  # YAML 1.1 reads an unquoted `off` as false
+            return "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{key} must be {t.__name__ if isinstance(t, type) else t}, got {value!r}")

@@ -13,18 +13,24 @@ from job import data as datalib
 from job.layout import EVAL_DIR, METRICS_FILE
 from job.layout import REPORT_TEXT_FILE as REPORT_FILE
 from job.metrics import batch_sums, rates
+from job.tta import describe as describe_tta
+from job.tta import tta_logits
 
 log = logging.getLogger("job")
 
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled forward pass
+HEADLINE_KEYS = ("loss", "top1", "top5", "macro_f1", "coarse_top1")  # also stored without TTA, and in TensorBoard
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {TTA mode: compiled forward pass}
 
 
-def predict_logits(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """The model's float32 logits of `images` (inference mode), batch by batch; one compiled function per model."""
-    if model not in _COMPILED:
-        _COMPILED[model] = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                                       reduce_retracing=True)
-    predict = _COMPILED[model]
+def predict_logits(model, images: np.ndarray, batch_size: int, tta: str = "off") -> np.ndarray:
+    """The model's float32 logits of `images` (inference mode), batch by batch, under test-time augmentation `tta`
+    (job/tta.py); one compiled function per model and mode."""
+    compiled = _COMPILED.setdefault(model, {})
+    if tta not in compiled:
+        compiled[tta] = tf.function(
+            lambda x: tta_logits(lambda v: tf.cast(model(v, training=False), tf.float32), x, tta),
+            reduce_retracing=True)
+    predict = compiled[tta]
     dataset = datalib.eval_dataset(images, np.zeros(len(images), np.int32), batch_size)
     return np.concatenate([predict(x).numpy() for x, _ in dataset]) if len(images) else np.zeros((0, 0))
 
@@ -77,6 +83,9 @@ def format_report(metrics: dict[str, Any], title: str) -> str:
              f"{'top-5 accuracy':<18}{metrics['top5']:>10.4f}"]
     if "coarse_top1" in metrics:
         lines.append(f"{'superclass top-1':<18}{metrics['coarse_top1']:>10.4f}")
+    if "without_tta" in metrics:
+        plain = metrics["without_tta"]
+        lines += [f"{'top-1 without TTA':<18}{plain['top1']:>10.4f}", f"{'loss without TTA':<18}{plain['loss']:>10.4f}"]
     lines += [f"{'macro precision':<18}{metrics['macro_precision']:>10.4f}",
               f"{'macro recall':<18}{metrics['macro_recall']:>10.4f}",
               f"{'macro F1':<18}{metrics['macro_f1']:>10.4f}", ""]
@@ -103,17 +112,24 @@ def confusion_image(confusion: np.ndarray) -> np.ndarray:
 
 
 def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: str = "final",
-                       logits: np.ndarray | None = None, extra: dict | None = None) -> dict[str, Any]:
-    """Evaluate `model` on the test set (or its test-set `logits`, when predicted already), write the reports into
-    the run, print the table, return the metrics (with `extra` added: the other weights' figures)."""
+                       logits: np.ndarray | None = None, tta: str = "off",
+                       plain_logits: np.ndarray | None = None, extra: dict | None = None) -> dict[str, Any]:
+    """Evaluate `model` on the test set under test-time augmentation `tta` (or its test-set `logits`, when predicted
+    already), write the reports into the run, print the table, return the metrics (with `extra` added: the other
+    weights' figures). With TTA on, the metrics without it (from `plain_logits`, or predicted here) are stored beside
+    them as `without_tta`."""
     if logits is None:
-        logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
-    metrics = compute_metrics(splits.y_test, logits, splits.class_names,
-                              splits.fine_to_coarse if cfg.data.label_mode == "fine" else None,
-                              splits.coarse_names)
+        logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size, tta)
+    metrics = _test_metrics(cfg, splits, logits)
     metrics.update({"step": int(step), "checkpoint": label, "model": cfg.model.name, "dataset": cfg.data.name,
-                    **(extra or {})})
-    title = f"Evaluation of {cfg.model.name} on the {cfg.data.name} test set (step {step}, {label} weights)"
+                    "tta": tta, **(extra or {})})
+    if tta != "off":
+        if plain_logits is None:
+            plain_logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+        plain = _test_metrics(cfg, splits, plain_logits)
+        metrics["without_tta"] = {k: plain[k] for k in HEADLINE_KEYS if k in plain}
+    title = (f"Evaluation of {cfg.model.name} on the {cfg.data.name} test set (step {step}, {label} weights, "
+             f"{describe_tta(tta)})")
     summary = format_report(metrics, title)
     (run.local / EVAL_DIR).mkdir(parents=True, exist_ok=True)
     (run.local / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
@@ -122,9 +138,11 @@ def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: s
     run.publish(REPORT_FILE)
     if writer is not None:
         with writer.as_default(step=step):
-            for key in ("loss", "top1", "top5", "macro_f1", "coarse_top1"):
+            for key in HEADLINE_KEYS:
                 if key in metrics:
                     tf.summary.scalar(key, metrics[key])
+                if key in metrics.get("without_tta", {}):
+                    tf.summary.scalar(f"{key}_without_tta", metrics["without_tta"][key])
             tf.summary.image("confusion_matrix", confusion_image(np.array(metrics["confusion_matrix"])))
         writer.flush()
     print(summary, flush=True)
@@ -132,9 +150,14 @@ def evaluate_and_store(run, cfg, model, splits, step: int, writer=None, label: s
     return metrics
 
 
-def evaluate_run(selection) -> dict[str, Any]:
+def _test_metrics(cfg, splits, logits: np.ndarray) -> dict[str, Any]:
+    return compute_metrics(splits.y_test, logits, splits.class_names,
+                           splits.fine_to_coarse if cfg.data.label_mode == "fine" else None, splits.coarse_names)
+
+
+def evaluate_run(selection, tta: str | None = None) -> dict[str, Any]:
     """`python -m job evaluate`: rebuild the run's model, restore the selected checkpoint (job/weights.py: latest,
-    best or a prefix), evaluate and store."""
+    best or a prefix), evaluate (under `tta`, by default the run's train.tta) and store."""
     from job.builder import build_for_evaluation
     from job.rundir import RunDir
     from job.weights import choose, restore
@@ -143,6 +166,6 @@ def evaluate_run(selection) -> dict[str, Any]:
     chosen = choose(parts.store, selection)
     restore(parts.checkpoint, parts.ema, chosen.prefix, selection)
     metrics = evaluate_and_store(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step,
-                                 label=selection.label)
+                                 label=selection.label, tta=tta or parts.cfg.train.tta)
     parts.run.close(parts.cfg.checkpoint.upload_timeout_seconds)
     return metrics

@@ -41,15 +41,19 @@ class ModelInfo:
 
 
 class Classifier:
-    def __init__(self, model, info: ModelInfo):
+    def __init__(self, model, info: ModelInfo, tta: str = "off"):
         import tensorflow as tf
+
+        from job.tta import tta_logits
 
         self.model = model
         self.info = info
+        self.tta = tta  # test-time augmentation around the model (job/tta.py); the model itself stays TTA-free
         size = info.image_size
         # one trace for every batch size; the model's own graph, not Keras' per-call dispatch
-        self._logits = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                                   input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        self._logits = tf.function(
+            lambda x: tta_logits(lambda v: tf.cast(model(v, training=False), tf.float32), x, tta),
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         self._lock = threading.Lock()
 
     @property
@@ -62,8 +66,9 @@ class Classifier:
 
     # ---------------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, selection: Selection) -> Classifier:
-        """The model and weights `selection` names (job/weights.py)."""
+    def load(cls, selection: Selection, tta: str = "off") -> Classifier:
+        """The model and weights `selection` names (job/weights.py), predicting under test-time augmentation
+        `tta`."""
         from job.weights import load
 
         loaded = load(selection)
@@ -81,15 +86,20 @@ class Classifier:
                              weights=loaded.weights, metrics=card.get("metrics", {}))
         log.info("loaded %s (%s, %d classes) from %s, %s", info.model, info.dataset, len(info.classes), info.source,
                  info.weights)
-        return cls(loaded.model, info)
+        if tta != "off":
+            from job.tta import describe
+
+            info.weights += f", {describe(tta)}"
+            log.info("predicting with %s", describe(tta))
+        return cls(loaded.model, info, tta)
 
     @classmethod
-    def from_run(cls, run_dir: str, checkpoint: str = DEFAULT) -> Classifier:
-        return cls.load(Selection(run_dir=run_dir, checkpoint=checkpoint))
+    def from_run(cls, run_dir: str, checkpoint: str = DEFAULT, tta: str = "off") -> Classifier:
+        return cls.load(Selection(run_dir=run_dir, checkpoint=checkpoint), tta)
 
     @classmethod
-    def from_file(cls, path: str) -> Classifier:
-        return cls.load(Selection(model_file=path))
+    def from_file(cls, path: str, tta: str = "off") -> Classifier:
+        return cls.load(Selection(model_file=path), tta)
 
     # ------------------------------------------------------------------------------------------------- inference
     def predict(self, images: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ from job.config import Config
 
 @keras.saving.register_keras_serializable(package="job")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup, then cosine decay, steps, or constant; the fine-tuning phase runs at `finetune_factor`."""
+    """Linear warmup, then cosine decay, steps, constant, or linear decay to 0 (triangular: airbench's and
+    DAWNBench's short schedule); the fine-tuning phase runs at `finetune_factor`."""
 
     def __init__(self, base_lr: float, total_steps: int, warmup_steps: int, kind: str,
                  boundaries: tuple[int, ...] = (), factor: float = 0.1,
@@ -32,6 +33,10 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             decay_steps = max(1, self.total_steps - self.warmup_steps)
             progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
             lr = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        elif self.kind == "triangular":  # linear up over the warmup (below), then linearly down to 0 at the end
+            decay_steps = max(1, self.total_steps - self.warmup_steps)
+            progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+            lr = lr * (1.0 - progress)
         elif self.kind == "step":
             for boundary in self.boundaries:
                 lr = tf.where(step >= boundary, lr * self.factor, lr)

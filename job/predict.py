@@ -45,7 +45,7 @@ def main(args, selection) -> int:
 
     from job.inference import Classifier
 
-    classifier = Classifier.load(selection)
+    classifier = Classifier.load(selection, args.tta)
     classified = failed = 0
     names = _unique_stems([s.name for s in sources]) if explain_dir else {}
     top = min(args.top, len(classifier.class_names))

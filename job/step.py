@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from job.builder import RunParts
+from job.data.mix import dominant_labels
 from job.metrics import SUM_KEYS, batch_sums
 
 
@@ -26,14 +27,16 @@ def make_train_step(parts: RunParts, sums: dict[str, tf.Variable]):
         """The loss's gradient on some of the global batch (scaled by the loss scale), and its sums."""
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
+            # int labels, or data.mix's soft labels (batch, classes); smoothing applies to either (job/data/mix.py)
+            targets = labels if labels.shape.rank == 2 else tf.one_hot(labels, num_classes)
             per_example = keras.losses.categorical_crossentropy(
-                tf.one_hot(labels, num_classes), logits, from_logits=True, label_smoothing=smoothing)
+                targets, logits, from_logits=True, label_smoothing=smoothing)
             loss = tf.reduce_sum(per_example) / global_batch
             if model.losses and with_regularizer:  # L2 kernel regularizers (ELU recipe): once per step, split over
                 regularizer = tf.add_n([tf.cast(term, tf.float32) for term in model.losses])  # the replicas
                 loss += regularizer / backend.num_replicas
             scaled = optimizer.scale_loss(loss)
-        return tape.gradient(scaled, variables), batch_sums(logits, labels, per_example)
+        return tape.gradient(scaled, variables), batch_sums(logits, dominant_labels(labels), per_example)
 
     def replica_step(batch, stop_votes):
         images, labels = batch

@@ -59,10 +59,11 @@ def train(cfg: Config, extra_hooks: list[Hook] = (), splits: Splits | None = Non
         raise
 
 
-def _evaluate_and_export(parts: RunParts, step: int) -> tuple[dict, object]:
-    """The chief's end of a run: the test set predicted once per weight set, the evaluation of the weights a run
-    exports stored (the averaged ones when it keeps them, with the trained ones' figures beside), and the exports (the
-    model card has the metrics). Returns the evaluation and the exported weights' test logits, which the report uses."""
+def _evaluate_and_export(parts: RunParts, step: int) -> tuple[dict, dict]:
+    """The chief's end of a run: the test set predicted once per weight set and TTA mode, the evaluation of the
+    weights a run exports stored (the averaged ones when it keeps them, with the trained ones' figures beside), and
+    the exports (the model card has the metrics). Returns the evaluation and the exported weights' test logits
+    ("headline": with train.tta, "plain": without), which the report uses."""
     cfg, run, model, splits = parts.cfg, parts.run, parts.model, parts.splits
     extra = {}
     if parts.ema is not None:
@@ -70,11 +71,15 @@ def _evaluate_and_export(parts: RunParts, step: int) -> tuple[dict, object]:
                                   splits.class_names)
         extra = {"weights": "averaged", "trained": {k: trained[k] for k in ("loss", "top1", "top5")}}
     with _exported_weights(parts):
-        logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
-        evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=logits, extra=extra,
+        # once per TTA mode: without TTA, and with train.tta (the headline) when it is on
+        plain = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+        tta = cfg.train.tta
+        headline = plain if tta == "off" else predict_logits(model, splits.x_test, cfg.train.eval_batch_size, tta)
+        evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=headline, tta=tta,
+                                        plain_logits=plain, extra=extra,
                                         writer=parts.writers.eval if parts.writers else None)
-        export_model(run, cfg, model, splits.class_names, evaluation)
-    return evaluation, logits
+        export_model(run, cfg, model, splits.class_names, evaluation)  # the model alone: exports stay TTA-free
+    return evaluation, {"headline": headline, "plain": plain}
 
 
 def _exported_weights(parts: RunParts):
@@ -89,7 +94,8 @@ def _report(parts: RunParts, step: int, logits) -> None:
 
     try:
         with _exported_weights(parts):
-            write_report(parts.run, parts.cfg, parts.model, parts.splits, step=step, weights="final", logits=logits)
+            write_report(parts.run, parts.cfg, parts.model, parts.splits, step=step, weights="final",
+                         logits=logits["headline"], tta=parts.cfg.train.tta, plain_logits=logits["plain"])
     except Exception:  # noqa: BLE001
         log.exception("could not make the report; make it again with `python -m job report --run-dir %s`",
                       parts.run.url)

@@ -8,6 +8,10 @@ first k batches: a run resumed mid-epoch continues with the same images an unint
 The random numbers of a global batch are drawn whole and each worker keeps its slice, so the images of a step do not
 depend on how many workers share it: a run resumes on another number of workers with the same data.
 
+With data.mix on (job/data/mix.py), example p of a global batch of G is mixed with example G-1-p: each worker
+also gathers and augments its partners (the mirrored part of the global batch, augmented as that part), so the mixed
+batch too is the same on any number of workers, and labels are soft (float32, one column per class).
+
 The image array is converted to one tensor that the map function captures and gathers from, rather than being sliced
 into the dataset graph element by element. There is no shuffle buffer to size: the permutation is a full shuffle.
 """
@@ -20,6 +24,7 @@ import tensorflow as tf
 
 from job.config import DataConfig
 from job.data.augment import augment_batch
+from job.data.mix import mix_batch
 from job.distribute.base import Shard
 from job.errors import ConfigError
 
@@ -35,6 +40,7 @@ _OPTIONS.experimental_optimization.apply_default_optimizations = False
 _OPTIONS.autotune.enabled = False
 _PARALLEL_BATCHES = min(8, len(os.sched_getaffinity(0)))
 _PREFETCH_BATCHES = 2
+_MIX_STREAM = 0x313C
 
 
 def steps_per_epoch(num_train: int, global_batch_size: int) -> int:
@@ -49,16 +55,30 @@ def steps_per_epoch(num_train: int, global_batch_size: int) -> int:
 
 def epoch_batch_indices(num_examples: int, shard: Shard, seed: int, epoch: int) -> np.ndarray:
     """int32 (steps, shard.batch_size): the example indices of this worker's batches in `epoch`."""
+    per_step = _global_batches(num_examples, shard, seed, epoch)
+    lo = shard.index * shard.batch_size
+    return np.ascontiguousarray(per_step[:, lo:lo + shard.batch_size], dtype=np.int32)
+
+
+def partner_batch_indices(num_examples: int, shard: Shard, seed: int, epoch: int) -> np.ndarray:
+    """int32 (steps, shard.batch_size): the indices of the global batch's positions G-B-lo .. G-1-lo in order (the
+    part mirroring this worker's positions lo .. lo+B-1; reversed, they are its mixing partners)."""
+    per_step = _global_batches(num_examples, shard, seed, epoch)
+    start = per_step.shape[1] - (shard.index + 1) * shard.batch_size
+    return np.ascontiguousarray(per_step[:, start:start + shard.batch_size], dtype=np.int32)
+
+
+def _global_batches(num_examples: int, shard: Shard, seed: int, epoch: int) -> np.ndarray:
     global_batch = shard.batch_size * shard.num_shards
     steps = steps_per_epoch(num_examples, global_batch)
     order = np.random.default_rng(_entropy(seed, epoch)).permutation(num_examples)
-    per_step = order[: steps * global_batch].reshape(steps, shard.num_shards, shard.batch_size)
-    return np.ascontiguousarray(per_step[:, shard.index, :], dtype=np.int32)
+    return order[: steps * global_batch].reshape(steps, global_batch)
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, seed: int, epoch: int,
                   skip_batches: int = 0) -> tf.data.Dataset:
-    """(float32 images in [0, 255] after augmentation, int32 labels) batches of shard.batch_size, one epoch."""
+    """(float32 images in [0, 255] after augmentation, int32 labels) batches of shard.batch_size, one epoch; with
+    data.mix on, the images mixed and the labels float32 (batch, classes) soft labels."""
     batches = epoch_batch_indices(len(x), shard, seed, epoch)
     if not 0 <= skip_batches <= len(batches):
         raise ValueError(f"skip_batches={skip_batches} is outside the epoch's {len(batches)} batches")
@@ -75,6 +95,9 @@ def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, s
         ids = batch_ids[step]
         key = tf.random.experimental.stateless_fold_in(epoch_key, step)
         return augment_batch(tf.gather(images, ids), key, augment, part), tf.gather(labels, ids)
+
+    if cfg.mix.enabled:
+        load = _mixing(load, images, labels, cfg, shard, partner_batch_indices(len(x), shard, seed, epoch), epoch_key)
 
     dataset = tf.data.Dataset.range(skip_batches, len(batches))
     dataset = dataset.map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
@@ -97,6 +120,31 @@ def calibration_dataset(x: np.ndarray, shard: Shard, seed: int, epoch: int, batc
 
     dataset = tf.data.Dataset.range(batches).map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
     return dataset.prefetch(_PREFETCH_BATCHES).with_options(_OPTIONS)
+
+
+def _mixing(load, images, labels, cfg: DataConfig, shard: Shard, partners: np.ndarray, epoch_key):
+    """`load` followed by mixup/CutMix with the mirrored part of the global batch, augmented as that part."""
+    from job.data.splits import DATASETS
+
+    num_classes = DATASETS[cfg.name].num_classes[cfg.label_mode]
+    total = shard.batch_size * shard.num_shards
+    partner_part = (total - (shard.index + 1) * shard.batch_size, total)
+    partner_ids = tf.constant(partners)
+
+    def load_and_mix(step: tf.Tensor):
+        own_images, own_labels = load(step)
+        key = tf.random.experimental.stateless_fold_in(epoch_key, step)
+        if shard.num_shards == 1:  # the partners are the batch itself, reversed
+            other_images, other_labels = own_images[::-1], own_labels[::-1]
+        else:
+            ids = partner_ids[step]
+            other_images = augment_batch(tf.gather(images, ids), key, cfg.augment, partner_part)[::-1]
+            other_labels = tf.gather(labels, ids)[::-1]
+        # a key of its own (folded from the batch's), so a batch's augmentation is the same with mixing on or off
+        mix_key = tf.random.experimental.stateless_fold_in(key, _MIX_STREAM)
+        return mix_batch(own_images, own_labels, other_images, other_labels, mix_key, cfg.mix, num_classes)
+
+    return load_and_mix
 
 
 def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shard: Shard | None = None) -> tf.data.Dataset:

@@ -110,6 +110,36 @@ def _digits(cfg: DataConfig, seed: int) -> Splits:
                   num_classes=classes, class_names=[str(d) for d in range(classes)])
 
 
+NOISY_DIGITS_SIGMA = 70.0  # Gaussian pixel noise (of 255)
+NOISY_DIGITS_LABEL_NOISE = 0.2  # share of TRAINING labels replaced by a random other class; test labels stay true
+
+
+def _digits_noisy(cfg: DataConfig, seed: int) -> Splits:
+    """A learnable task that does not saturate, made here: the digits at half size (16x16), faint (contrast 0.25 to
+    1), at a random place on a 32x32 canvas, under heavy Gaussian noise, with 20% of the training labels wrong; ~144
+    training images per class. Generated from fixed seeds: the same images in every run, whatever train.seed."""
+    clean = _digits(cfg, seed)
+    rng = np.random.default_rng([DIGITS_SPLIT_SEED, 0x0D16])
+
+    def corrupt(images: np.ndarray) -> np.ndarray:
+        small = images[:, ::2, ::2, 0].astype(np.float32)  # the 32x32 upsampled digit back at 16x16
+        n = len(small)
+        canvas = np.zeros((n, 32, 32), np.float32)
+        top, left = rng.integers(0, 17, n), rng.integers(0, 17, n)
+        contrast = rng.uniform(0.25, 1.0, n).astype(np.float32)
+        for i in range(n):
+            canvas[i, top[i]:top[i] + 16, left[i]:left[i] + 16] = small[i] * contrast[i]
+        noisy = canvas[..., None] + rng.normal(0, NOISY_DIGITS_SIGMA, (n, 32, 32, 3)).astype(np.float32)
+        return np.clip(np.rint(noisy + 64.0), 0, 255).astype(np.uint8)
+
+    x_train, x_test = corrupt(clean.x_train), corrupt(clean.x_test)
+    y_train = clean.y_train.copy()
+    wrong = rng.random(len(y_train)) < NOISY_DIGITS_LABEL_NOISE
+    y_train[wrong] = (y_train[wrong] + rng.integers(1, clean.num_classes, wrong.sum())) % clean.num_classes
+    return Splits(x_train, y_train.astype(np.int32), None, None, x_test, clean.y_test, num_classes=clean.num_classes,
+                  class_names=clean.class_names)
+
+
 def _synthetic(cfg: DataConfig, seed: int) -> Splits:
     """Uniform random images and labels of CIFAR shape: for throughput tests and smoke runs, nothing to learn."""
     n, classes = cfg.synthetic_examples, DATASETS["synthetic"].num_classes["fine"]
@@ -156,6 +186,9 @@ _SPECS = [
                 "(downloaded, MD5 checked)", {"fine": 100, "coarse": 20}, offline=False, load=_cifar100),
     DatasetSpec("digits", "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) upsampled to 32x32x3",
                 {"fine": 10}, offline=True, load=_digits),
+    DatasetSpec("digits_noisy", "the digits made hard (made here, does not saturate): half size, faint, anywhere on "
+                "the canvas, heavy pixel noise, 20% wrong training labels", {"fine": 10}, offline=True,
+                load=_digits_noisy),
     DatasetSpec("synthetic", "uniform random images and labels (data.synthetic_examples of them): benchmarks and "
                 "smoke runs only, nothing to learn", {"fine": 10}, offline=True, load=_synthetic),
 ]

@@ -138,6 +138,13 @@ _SPECS = [
         published_params=11_173_962,
     ),
     ModelSpec(
+        "airbench94",
+        "airbench94's net (Jordan 2024): 2x2 stem, conv groups 64/256/256 with pool, BN without scale, GELU; the "
+        "fast CIFAR-10 recipe's",
+        _lazy("airbench", "airbench94"),
+        published_params=None,  # the paper gives widths, not a count (1.97M built here with 10 classes)
+    ),
+    ModelSpec(
         "vgg16_imagenet",
         "keras.applications VGG16 (ImageNet) backbone + global-pool/dropout/dense head; two-phase fine-tuning",
         _lazy("transfer", "vgg16_imagenet"),

@@ -25,24 +25,30 @@ from job.report.page import render
 from job.report.references import reference_for
 from job.report.rundata import load_run
 from job.storage import LocalStorage
+from job.tta import describe as describe_tta
 
 log = logging.getLogger("job")
 
 TEMPLATE = "report.html.j2"
 
 
-def write_report(run, cfg, model, splits, step: int, weights: str = "final", logits: np.ndarray | None = None
-                 ) -> Path:
+def write_report(run, cfg, model, splits, step: int, weights: str = "final", logits: np.ndarray | None = None,
+                 tta: str | None = None, plain_logits: np.ndarray | None = None) -> Path:
     """Render the report of `model` into the run's working copy and queue its upload: from the test set's `logits`
-    (the final evaluation's, at the end of a run), or predicted here. `weights` says which weights these are (final,
-    latest, best) for the header. Returns the local file."""
+    under test-time augmentation `tta` (default the run's train.tta; the final evaluation's logits at the end of a
+    run), or predicted here; with TTA, the figures without it too (from `plain_logits`, or predicted here).
+    `weights` says which weights these are (final, latest, best) for the header. Returns the local file."""
     began = time.perf_counter()
     for name in (CONFIG_FILE, HISTORY_FILE):  # a report made by the CLI on a remote run: they are in the bucket
         run.fetch(name)
+    tta = tta or cfg.train.tta
     if logits is None:
-        logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+        logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size, tta)
+    if tta != "off" and plain_logits is None:
+        plain_logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
     predicted = time.perf_counter()
-    html = render_report(run.url, LocalStorage(run.local), cfg, model, splits, logits, step, weights)
+    html = render_report(run.url, LocalStorage(run.local), cfg, model, splits, logits, step, weights, tta,
+                         plain_logits)
     path = run.local / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
@@ -52,12 +58,17 @@ def write_report(run, cfg, model, splits, step: int, weights: str = "final", log
     return path
 
 
-def render_report(url: str, storage, cfg, model, splits, logits: np.ndarray, step: int, weights: str) -> str:
-    """The page, from the test set's logits and the run's stored history (read through `storage`)."""
+def render_report(url: str, storage, cfg, model, splits, logits: np.ndarray, step: int, weights: str,
+                  tta: str = "off", plain_logits: np.ndarray | None = None) -> str:
+    """The page, from the test set's logits (under `tta`; `plain_logits` without it) and the run's stored history
+    (read through `storage`)."""
     labels = np.asarray(splits.y_test, np.int64)
     names = list(splits.class_names)
     fine_to_coarse = splits.fine_to_coarse if cfg.data.label_mode == "fine" else None
     metrics = compute_metrics(labels, logits, names, fine_to_coarse, splits.coarse_names)
+    metrics["tta"] = tta
+    if tta != "off" and plain_logits is not None:
+        metrics["without_tta"] = compute_metrics(labels, plain_logits, names, fine_to_coarse, splits.coarse_names)
     probabilities = analysis.softmax(logits)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == labels
@@ -104,6 +115,9 @@ def header(data, metrics: dict[str, Any], step: int, weights: str) -> dict[str, 
         "examples": metrics["examples"], "loss": metrics["loss"], "top1": metrics["top1"], "top5": metrics["top5"],
         "macro_f1": metrics["macro_f1"], "coarse_top1": metrics.get("coarse_top1"),
         "best_val_top1": data.best_val_top1, "reference": reference,
+        "tta": describe_tta(metrics.get("tta", "off")) if metrics.get("tta", "off") != "off" else None,
+        "without_tta": {k: metrics["without_tta"][k] for k in ("top1", "top5", "loss")}
+        if "without_tta" in metrics else None,
         "reference_gap": None if reference is None else metrics["top1"] - reference.top1,
     }
 
@@ -124,7 +138,7 @@ def _when(timestamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def report_run(selection) -> Path:
+def report_run(selection, tta: str | None = None) -> Path:
     """`python -m job report`: rebuild the run's model, restore the selected checkpoint (job/weights.py) and write
     the report. job/report/commands.py checks the arguments first."""
     from job.builder import build_for_evaluation
@@ -135,6 +149,6 @@ def report_run(selection) -> Path:
     chosen = choose(parts.store, selection)
     restore(parts.checkpoint, parts.ema, chosen.prefix, selection)
     path = write_report(parts.run, parts.cfg, parts.model, parts.splits, step=chosen.step,
-                        weights=selection.label)
+                        weights=selection.label, tta=tta)
     parts.run.close(parts.cfg.checkpoint.upload_timeout_seconds)
     return path

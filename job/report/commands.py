@@ -7,12 +7,12 @@ from job.report.rundata import load_run
 from job.weights import Selection, check
 
 
-def report(selection: Selection) -> int:
+def report(selection: Selection, tta: str | None = None) -> int:
     check(selection)  # refuses what is not a run, or has no such checkpoint, before anything is built or written
     data = load_run(selection.run_dir)
     from job.report.build import report_run
 
-    path = report_run(selection)
+    path = report_run(selection, tta)
     print(f"{data.url.rstrip('/')}/{REPORT_FILE}" if data.url.startswith("gs://") else path, flush=True)
     return 0
 

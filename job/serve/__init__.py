@@ -60,7 +60,7 @@ def main(args, selection: Selection) -> int:
             from job.inference import Classifier
 
             began = time.monotonic()
-            classifier = Classifier.load(selection)
+            classifier = Classifier.load(selection, args.tta)
             side = classifier.image_size
             import numpy as np
 
