@@ -65,7 +65,7 @@ def _finish(parts: RunParts, step: int) -> dict:
     logits = predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
     evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=logits,
                                     writer=parts.writers.eval if parts.writers else None)
-    export_model(run, cfg, model, splits.class_names, evaluation)
+    export_model(run, cfg, model, splits.class_names, evaluation, splits)
     try:
         write_report(run, cfg, model, splits, step=step, weights="final", logits=logits)
     except Exception:  # noqa: BLE001 - the run's results are stored by now; the report can be made again
