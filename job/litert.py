@@ -10,6 +10,7 @@ tensorflow#63867) and are loaded with the maintained runtime, `ai_edge_litert` (
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -72,7 +73,8 @@ class LiteRTModel:
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=None)
+            # every core this process may use, as TensorFlow does for the Keras path (LiteRT's default is one thread)
+            self._interpreter = Interpreter(model_path=str(path), num_threads=len(os.sched_getaffinity(0)))
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise UserError(f"could not load {path} as a LiteRT model ({first_line(e)}); give an intact "
