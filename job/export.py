@@ -72,6 +72,7 @@ def export_model(run: RunDir, cfg, model: keras.Model, class_names: list[str], e
         card["litert"] = export_litert(run.local / EXPORT_DIR, model, splits, cfg.export.calibration_images,
                                        cfg.train.seed)
         files += [LITERT_FILE, LITERT_INT8_FILE]
+        card["files"]["litert"] = [Path(f).name for f in (LITERT_FILE, LITERT_INT8_FILE)]
     card[CHECKSUMS_KEY] = {Path(f).name: file_checksum(run.local / f) for f in files}  # modelfile.py
     run.write_json(f"{EXPORT_DIR}/{MODEL_CARD_FILE}", card)
     (run.local / CARD_MARKDOWN).write_text(card_markdown(card))
