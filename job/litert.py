@@ -83,8 +83,8 @@ class LiteRTModel:
         self._output = self._interpreter.get_output_details()[0]
         shape = self._input["shape"]
         if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
-            raise UserError(f"{path} takes inputs of shape {list(shape)}, not images (n, S, S, 3); give a run's "
-                            f"export/{FLOAT_FILE}")
+            raise UserError(f"--model {path} takes inputs of shape {list(shape)}, not images (n, S, S, 3); give a "
+                            f"run's export/{FLOAT_FILE} or {INT8_FILE}")
         self.name = Path(path).stem
         self.input_shape = (None, int(shape[1]), int(shape[2]), 3)
         self.output_shape = (None, int(self._output["shape"][-1]))
@@ -144,6 +144,8 @@ class LiteRTClassifier(Classifier):
 def export_litert(export_dir: Path, model, splits, calibration_count: int, seed: int) -> dict:
     """export/model.tflite and model_int8.tflite from `model`, int8 calibrated on `splits`' training images; each
     evaluated on the test split. Returns the model card's `litert` section: {file: {bytes, metrics, input}}."""
+    if splits is None:
+        raise ValueError("the LiteRT exports need the run's data splits (calibration and test images)")
     calibration = calibration_images(splits.x_train, calibration_count, seed)
     card = {}
     for name, data, takes in ((FLOAT_FILE, convert(model), "float32 images in [0, 255]"),
