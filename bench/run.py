@@ -28,7 +28,7 @@ from bench.suite import Suite
 from bench.worker import ROOT
 
 RESULTS_DIR = ROOT / "bench" / "results"
-SECTIONS = ("training", "pipeline", "checkpoint", "report", "serving")
+SECTIONS = ("training", "pipeline", "checkpoint", "report", "serving", "litert")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             suite.run_section("(6) the run report", suite.report_page)
         if "serving" in sections:
             suite.run_section("(7) serving and predict", suite.serving)
+        if "litert" in sections:
+            suite.run_section("(8) LiteRT exports", suite.litert)
     finally:
         if gcs:
             gcs.stop()

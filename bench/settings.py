@@ -75,6 +75,10 @@ class Settings:
     serving_trial_seconds: float = 3.0
     predict_files: int = 1000
     predict_repeats: int = 2
+    # (8) LiteRT: (label, preset) of the models whose .tflite files are timed one image per call, this many images
+    # per trial
+    litert_cases: tuple[tuple[str, str], ...] = (("simple_cnn", "cifar10_simple_cnn"), ("resnet20", "cifar10_resnet20"))
+    litert_images: int = 300
     pipeline_goal_ratio: float = 20.0
     pipeline_goal_per_core: float = 20_000.0
 
@@ -109,6 +113,8 @@ FULL = Settings(
 
 TINY = Settings(
     mode="tiny",
+    litert_cases=(("simple_cnn", "cifar10_simple_cnn"),),
+    litert_images=10,
     report_examples=300,
     report_epochs=3,
     serving_trial_seconds=0.5,

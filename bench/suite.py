@@ -266,6 +266,12 @@ class Suite:
 
         run_serving(self)
 
+    # ------------------------------------------------------------------------------------------ (8) LiteRT exports
+    def litert(self) -> None:
+        from bench.litert import run_litert  # the section's parts: bench/litert.py
+
+        run_litert(self)
+
     # -------------------------------------------------------------------------------------- (3) checkpoints
 
     def checkpoints(self) -> None:

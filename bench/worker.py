@@ -31,6 +31,7 @@ KINDS = {
     "checkpoint": "bench.checkpoints:setup_checkpoint",
     "report": "bench.report_page:setup_report_page",
     "serving": "bench.serving:setup_serving",
+    "litert": "bench.litert:setup_litert",
 }
 
 

@@ -137,6 +137,14 @@ class DistributeConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    # export/model.tflite and model_int8.tflite at the end of a run and by `python -m job export` (job/litert.py):
+    # conversion, int8 calibration and their test-set evaluation cost seconds to minutes at a run's end
+    litert: bool = True
+    calibration_images: int = 256  # training images that calibrate the int8 model's value ranges
+
+
+@dataclass(frozen=True)
 class Config:
     preset: str = "custom"
     data: DataConfig = field(default_factory=DataConfig)
@@ -146,6 +154,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
     def run_dir(self) -> str:
@@ -217,6 +226,7 @@ RANGES = {
     "run.log_every_steps": Range(0, None, "()", zero="a quarter of an epoch, at most 100"),
     "distribute.collective_timeout_seconds": Range(0, None, "()"),
     "distribute.cpu_devices": Range(0, None, "[)"),
+    "export.calibration_images": Range(0, None, "()"),
 }
 
 

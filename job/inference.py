@@ -6,7 +6,7 @@
 
 From a run, the model is rebuilt from the run's config and a committed checkpoint is restored into it (no dataset is
 loaded: the class names are the run's classes.json), so a run can be used while it is still training. From a file,
-the exported model (.keras or .h5) is loaded with the model card and class names beside it.
+the exported model (.keras, .h5 or LiteRT .tflite) is loaded with the model card and class names beside it.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from job.errors import UserError
 from job.layout import METRICS_FILE
 from job.weights import DEFAULT, Selection
 
@@ -81,11 +82,20 @@ class Classifier:
                              image_size=side, source=selection.run_dir, weights=loaded.weights, metrics=evaluation)
         else:
             card = loaded.card or {}
+            # a LiteRT file's own test metrics (the model card's litert section), else the Keras model's
+            metrics = (card.get("litert") or {}).get(loaded.weights, {}).get("metrics") or card.get("metrics", {})
             info = ModelInfo(model=card.get("model", loaded.model.name), dataset=card.get("dataset", "unknown"),
                              classes=loaded.classes, image_size=side, source=selection.model_file,
-                             weights=loaded.weights, metrics=card.get("metrics", {}))
+                             weights=loaded.weights, metrics=metrics)
         log.info("loaded %s (%s, %d classes) from %s, %s", info.model, info.dataset, len(info.classes), info.source,
                  info.weights)
+        from job.litert import LiteRTClassifier, LiteRTModel
+
+        if isinstance(loaded.model, LiteRTModel):
+            if tta != "off":
+                raise UserError(f"--tta {tta} needs the Keras model: a LiteRT file is run as it was exported; give "
+                                f"--tta off, or the run's export/model.keras")
+            return LiteRTClassifier(loaded.model, info)
         if tta != "off":
             from job.tta import describe
 

@@ -11,7 +11,8 @@ as much as the trainer does. Messages and templates may name the files in prose;
     logs/{train,validation,eval} TensorBoard event files
     logs/trainer/                the trainer's own log, one file per process start
     eval/metrics.json            the final evaluation; eval/report.txt its text form; eval/report.html the report
-    export/                      model.keras, model.h5, saved_model/, classes.json, model_card.json
+    export/                      model.keras, model.h5, saved_model/, tfserving/<name>/1/ (TF Serving's layout),
+                                 model.tflite, model_int8.tflite (LiteRT), classes.json, model_card.json
 """
 
 CONFIG_FILE = "config.yaml"
@@ -37,4 +38,7 @@ EXPORT_DIR = "export"
 KERAS_FILE = f"{EXPORT_DIR}/model.keras"
 H5_FILE = f"{EXPORT_DIR}/model.h5"
 SAVED_MODEL_DIR = f"{EXPORT_DIR}/saved_model"
+TFSERVING_DIR = f"{EXPORT_DIR}/tfserving"  # <model name>/<version>/: what TF Serving's --model_base_path points at
+LITERT_FILE = f"{EXPORT_DIR}/model.tflite"
+LITERT_INT8_FILE = f"{EXPORT_DIR}/model_int8.tflite"
 MODEL_CARD_FILE = "model_card.json"  # in export/

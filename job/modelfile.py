@@ -3,7 +3,8 @@
 The export writes each model file's size and SHA-256 into model_card.json beside it (job/export.py): a file that does
 not match is refused, since a damaged HDF5 weight may load without any error and give wrong answers. Without a card
 (or an older card without checksums) the container's own checks still catch a truncated or damaged file: a .keras is
-a zip whose members carry CRC-32s, an .h5 has a superblock that records its length.
+a zip whose members carry CRC-32s, an .h5 has a superblock that records its length, a .tflite is a flatbuffer that
+LiteRT's verifier walks before it is used.
 """
 from __future__ import annotations
 
@@ -54,6 +55,13 @@ def check_intact(path: str) -> None:
             h5py.File(file, "r").close()
         except OSError as e:
             raise UserError(damaged.format(f"not a readable HDF5 file: {first_line(e)}")) from None
+    elif file.suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter  # LiteRT's runtime alone: no TensorFlow
+
+        try:
+            Interpreter(model_path=str(file))  # verifies the flatbuffer; tensors are not allocated
+        except (ValueError, RuntimeError) as e:
+            raise UserError(damaged.format(f"not a valid LiteRT flatbuffer: {first_line(e)}")) from None
 
 
 def _card_checksums(file: Path) -> dict:

@@ -39,6 +39,10 @@ def main(args, selection) -> int:
     from job.weights import check
 
     check(selection)  # the weights, then every PATH, before TensorFlow is imported
+    if args.explain and (selection.model_file or "").endswith(".tflite"):
+        from job.litert import NO_GRADCAM
+
+        raise UserError(f"--explain: {NO_GRADCAM}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     sources = list(find_images(args.paths))
     explain_dir = _explain_dir(args.explain) if args.explain else None

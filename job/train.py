@@ -78,7 +78,7 @@ def _evaluate_and_export(parts: RunParts, step: int) -> tuple[dict, dict]:
         evaluation = evaluate_and_store(run, cfg, model, splits, step=step, logits=headline, tta=tta,
                                         plain_logits=plain, extra=extra,
                                         writer=parts.writers.eval if parts.writers else None)
-        export_model(run, cfg, model, splits.class_names, evaluation)  # the model alone: exports stay TTA-free
+        export_model(run, cfg, model, splits.class_names, evaluation, splits)  # the model alone: TTA-free
     return evaluation, {"headline": headline, "plain": plain}
 
 

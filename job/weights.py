@@ -3,7 +3,8 @@
     --checkpoint latest      the run's newest committed checkpoint (the default of every command)
     --checkpoint best        the committed checkpoint with the best validation top-1 (runs with a validation split)
     --checkpoint PREFIX      one checkpoint by its prefix: RUN/checkpoints/ckpt-1200-1a2b3c4d (its .index beside it)
-    --model FILE             an exported model file (.keras or .h5), with classes.json and model_card.json beside it
+    --model FILE             an exported model file (.keras, .h5, or a LiteRT .tflite), with classes.json and
+                             model_card.json beside it
 
 `check` makes the cheap checks without TensorFlow (the CLI refuses a bad selection in one line before TensorFlow is
 imported, serve before it opens its port); `choose` finds the checkpoint in a run's store, `load` rebuilds the model
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 LATEST, BEST = "latest", "best"
 NAMED = (LATEST, BEST)
 DEFAULT = LATEST
-MODEL_SUFFIXES = (".keras", ".h5")
+MODEL_SUFFIXES = (".keras", ".h5", ".tflite")  # .tflite: job/litert.py
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def check_model_file(path: str) -> None:
         what = "is a directory" if file.is_dir() else "does not exist"
         raise UserError(f"--model {path} {what}; give a run's export/model.keras (or --run-dir RUN)")
     if file.suffix not in MODEL_SUFFIXES:
-        raise UserError(f"--model {path} is not a .keras or .h5 file; give a run's export/model.keras (or --run-dir "
-                        f"RUN for its checkpoints)")
+        raise UserError(f"--model {path} is not a .keras, .h5 or .tflite file; give a run's export/model.keras (or "
+                        f"--run-dir RUN for its checkpoints)")
     from job.modelfile import check_intact
 
     check_intact(path)  # truncated or damaged, or not the file its model card describes
@@ -237,14 +238,14 @@ def _load_file(path: str) -> Loaded:
     import json
 
     from job.layout import CLASSES_FILE, MODEL_CARD_FILE
-    from job.models import load_model
 
     file = Path(path)
-    try:
-        model = load_model(str(file))
-    except Exception as e:  # noqa: BLE001 - keras raises many types for a file that is not a saved model
-        raise UserError(f"could not load {path} as a Keras model ({first_line(e)}); give an intact "
-                        f"export/model.keras (or --run-dir RUN)") from None
+    if file.suffix == ".tflite":
+        from job.litert import LiteRTModel
+
+        model = LiteRTModel(path)  # a UserError of its own for a file that is not a LiteRT model
+    else:
+        model = _load_keras_file(path)
 
     def beside(name: str) -> dict:
         try:
@@ -255,6 +256,16 @@ def _load_file(path: str) -> Loaded:
 
     classes = beside(CLASSES_FILE).get("classes") or [f"class_{i}" for i in range(int(model.output_shape[-1]))]
     return Loaded(model=model, cfg=None, classes=list(classes), weights=file.name, card=beside(MODEL_CARD_FILE))
+
+
+def _load_keras_file(path: str):
+    from job.models import load_model
+
+    try:
+        return load_model(path)
+    except Exception as e:  # noqa: BLE001 - keras raises many types for a file that is not a saved model
+        raise UserError(f"could not load {path} as a Keras model ({first_line(e)}); give an intact "
+                        f"export/model.keras (or --run-dir RUN)") from None
 
 
 def build_inference_model(cfg: Config, num_classes: int):

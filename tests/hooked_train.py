@@ -24,6 +24,7 @@ from pathlib import Path
 
 from job.cli import build_parser, setup_logging
 from job.hooks import Hook, Stop
+from trainer_runs import without_litert  # tests/, the script's folder
 
 
 class Recorder(Hook):
@@ -107,7 +108,7 @@ def main() -> int:
     hooks = [Recorder(args.events, args.record_every_steps)]
     hooks += [StopAtStep(args.stop_at_step)] if args.stop_at_step else []
 
-    train = build_parser().parse_args(["train", *train_args])  # the train command's own arguments
+    train = build_parser().parse_args(without_litert(["train", *train_args]))  # the train command's own arguments
     setup_logging()
     from job.config import load_config
     from job.train import train as run_training

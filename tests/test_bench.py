@@ -28,6 +28,8 @@ EXPECTED = {  # section -> phrases that each name exactly one of its figures
     "serving": ["serve req/s, 1 client", "serve req/s, 8 clients", "p50 latency ms, 1 client",
                 "p99 latency ms, 1 client", "p50 latency ms, 8 clients", "p99 latency ms, 8 clients",
                 "predict CLI on 40 PNG files"],
+    "litert": ["litert float ms per image, simple_cnn", "litert int8 ms per image, simple_cnn",
+               "litert float file MB, simple_cnn: vs keras", "litert int8 file MB, simple_cnn: vs litert float"],
 }
 
 

@@ -34,7 +34,7 @@ from job.errors import EXIT_CRASH, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERR
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 MANIFESTS = ("job.yaml", "multiworker.yaml", "jobset.yaml", "horovod-mpijob.yaml", "tensorboard.yaml",
-             "kueue/queue.yaml", "serve.yaml", "tune.yaml")
+             "kueue/queue.yaml", "serve.yaml", "serve-hpa.yaml", "tune.yaml")
 # Kinds of custom resources, which kubernetes-validate has no schema for, and the cluster-scoped ones among them.
 CRD_KINDS = ("MPIJob", "JobSet", "ResourceFlavor", "ClusterQueue", "LocalQueue")
 CLUSTER_SCOPED = ("ResourceFlavor", "ClusterQueue")
@@ -438,23 +438,28 @@ def test_every_pod_is_hardened_and_writes_only_to_emptydirs(raw_docs):
     templates = all_pod_templates(raw_docs)
     assert len(templates) == 7
     for label, template in templates:
-        pod = template["spec"]
-        security = pod["securityContext"]
-        assert security["runAsNonRoot"] is True and security["seccompProfile"]["type"] == "RuntimeDefault", label
-        assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid), f"{label}: not the image's user"
-        assert pod["automountServiceAccountToken"] is False, label
-        for container in pod["containers"]:
-            sc = container["securityContext"]
-            assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False, label
-            assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"], label
-            assert sc["runAsNonRoot"] is True and sc["seccompProfile"]["type"] == "RuntimeDefault", label
-            # Where the container writes: its HOME and TMPDIR (the image's when not set), and any cache dirs set.
-            env = env_of(container)
-            paths = {"HOME": image_home, "TMPDIR": "/tmp"}
-            paths.update({k: v for k, v in env.items() if k in ("HOME", "TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME")})
-            for name, path in paths.items():
-                volume = mount_for(path, pod, container)
-                assert volume and "emptyDir" in volume, f"{label}: {name}={path} is not on a writable emptyDir"
+        assert_pod_hardened(label, template["spec"], uid, gid, image_home)
+
+
+def assert_pod_hardened(label: str, pod: dict, uid: int, gid: int, image_home: str) -> None:
+    """The image's non-root user, no privilege, a read-only root, no API token; writes only to emptyDirs (also the
+    KServe custom predictor's pod: tests/test_k8s_kserve.py)."""
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and security["seccompProfile"]["type"] == "RuntimeDefault", label
+    assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid), f"{label}: not the image's user"
+    assert pod["automountServiceAccountToken"] is False, label
+    for container in pod["containers"]:
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False, label
+        assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"], label
+        assert sc["runAsNonRoot"] is True and sc["seccompProfile"]["type"] == "RuntimeDefault", label
+        # Where the container writes: its HOME and TMPDIR (the image's when not set), and any cache dirs set.
+        env = env_of(container)
+        paths = {"HOME": image_home, "TMPDIR": "/tmp"}
+        paths.update({k: v for k, v in env.items() if k in ("HOME", "TMPDIR", "KERAS_HOME", "XDG_CACHE_HOME")})
+        for name, path in paths.items():
+            volume = mount_for(path, pod, container)
+            assert volume and "emptyDir" in volume, f"{label}: {name}={path} is not on a writable emptyDir"
 
 
 def test_training_pods_get_gpus_tolerations_and_shared_memory(raw_docs):
@@ -621,7 +626,7 @@ def test_serve_runs_python_m_job_serve_on_the_training_jobs_run(source, raw, ren
 
 @pytest.mark.parametrize("source", ["raw", "rendered"])
 def test_serve_probes_service_and_policies_point_at_the_servers_port(source, raw, rendered):
-    docs = raw["serve.yaml"] if source == "raw" else rendered
+    docs = raw["serve.yaml"] + raw["serve-hpa.yaml"] if source == "raw" else rendered
     deployment, template, container = serve_parts(docs)
     port = serve_args(container).port
     for kind, path in SERVE_PROBES.items():
@@ -638,7 +643,13 @@ def test_serve_probes_service_and_policies_point_at_the_servers_port(source, raw
     labels = template["metadata"]["labels"]
     spec = deployment["spec"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
-    assert spec["replicas"] >= 2 and spec["strategy"]["type"] == "RollingUpdate"
+    # The autoscaler owns the replica count (k8s/serve-hpa.yaml): a `replicas` here would reset it at every apply.
+    assert "replicas" not in spec and spec["strategy"]["type"] == "RollingUpdate"
+    autoscaler = one(docs, "HorizontalPodAutoscaler", "cifar-serve")["spec"]
+    assert autoscaler["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "cifar-serve"}
+    assert 2 <= autoscaler["minReplicas"] < autoscaler["maxReplicas"]
+    (cpu,) = [m["resource"] for m in autoscaler["metrics"] if m["type"] == "Resource"]
+    assert cpu["name"] == "cpu" and 0 < cpu["target"]["averageUtilization"] <= 100
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a rollout waits for each new pod to be ready"
     service = one(docs, "Service", "cifar-serve")
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
@@ -653,7 +664,7 @@ def test_serve_probes_service_and_policies_point_at_the_servers_port(source, raw
     assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [port]
     budget = one(docs, "PodDisruptionBudget", "cifar-serve")["spec"]
     assert budget["selector"]["matchLabels"].items() <= labels.items()
-    assert budget["maxUnavailable"] < spec["replicas"], "a drain must leave a replica serving"
+    assert budget["maxUnavailable"] < autoscaler["minReplicas"], "a drain must leave a replica serving"
 
 
 def test_serve_is_hardened_like_the_training_job_and_cpu_only(raw, raw_docs):

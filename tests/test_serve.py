@@ -293,7 +293,7 @@ def test_bad_arguments_end_in_one_line_before_listening(case, digits_run, tmp_pa
         "no best": (["--run-dir", str(run_without_validation(digits_run, tmp_path / "noval")), "--checkpoint", "best"],
                     "has no best checkpoint: it has no validation split"),
         "missing model": (["--model", str(tmp_path / "model.keras")], "does not exist"),
-        "not a model": (["--model", str(digits_run / "config.yaml")], "not a .keras or .h5 file"),
+        "not a model": (["--model", str(digits_run / "config.yaml")], "not a .keras, .h5 or .tflite file"),
         "zero files": (["--run-dir", str(digits_run), "--max-files", "0"], "--max-files must be positive"),
         "short token": (["--run-dir", str(digits_run)], "shorter than 8 characters"),
         "port in use": (["--run-dir", str(digits_run)], f"cannot listen on 127.0.0.1 port {port}"),

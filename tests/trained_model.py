@@ -10,7 +10,8 @@ import pytest
 
 from trainer_runs import run_job
 
-DIGITS_RUN_ARGS = ("model.name=simple_cnn", "optim.lr=0.02", "train.epochs=4", "train.seed=3")
+DIGITS_RUN_ARGS = ("model.name=simple_cnn", "optim.lr=0.02", "train.epochs=4", "train.seed=3",
+                   "export.litert=true")  # its LiteRT exports: tests/test_litert.py
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import job.cli  # noqa: E402
 import job.train  # noqa: E402,F401  (the heavy imports: TensorFlow, Keras, the models)
 from fork_server import serve  # noqa: E402 - tests/, the script's folder
+from trainer_runs import without_litert  # noqa: E402
 
 
 def start(args: list[str], work_dir: str, log_path: str, *env: str) -> int:
@@ -45,7 +46,7 @@ def start(args: list[str], work_dir: str, log_path: str, *env: str) -> int:
 
 
 def main() -> None:
-    serve(lambda *rest: start(sys.argv[1:], *rest), "trainer")
+    serve(lambda *rest: start(without_litert(sys.argv[1:]), *rest), "trainer")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,24 @@ def user_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# The LiteRT exports (conversion, int8 calibration, their test-set evaluation) cost seconds at the end of every run;
+# the suite's runs switch them off unless a test asks for them (export.litert=true: tests/trained_model.py's run).
+LITERT_OFF = "export.litert=false"
+
+
+def without_litert(args) -> list[str]:
+    """`train ...` arguments with LITERT_OFF among the overrides (which argparse takes as one block) unless they set
+    export.litert themselves; any other command's as they are."""
+    args = list(args)
+    if args[:1] != ["train"] or any(a.startswith("export.litert=") for a in args):
+        return args
+    overrides = [i for i, a in enumerate(args) if "=" in a and not a.startswith("-")]
+    at = overrides[-1] + 1 if overrides else len(args)
+    return [*args[:at], LITERT_OFF, *args[at:]]
+
+
 def job_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "job", *args]
+    return [sys.executable, "-m", "job", *without_litert(args)]
 
 
 def run_job(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -109,6 +109,9 @@ def run_worker(study: Study, config: str, overrides: list[str], study_dir: str, 
             return code
 
 
+TRIAL_EXPORTS = "export.litert=false"
+
+
 def run_trial(study: Study, trial: optuna.Trial, config: str, overrides: list[str], study_dir: str,
               extra_hooks=()) -> int:
     from job import config as configlib
@@ -125,7 +128,9 @@ def run_trial(study: Study, trial: optuna.Trial, config: str, overrides: list[st
     started = time.time()
     with Heartbeat(study, trial):
         try:
-            cfg = configlib.load_config(config, [*overrides, *_as_overrides(values), f"run.dir={run_dir}"])
+            # a trial is an experiment: no LiteRT exports unless the study's overrides ask for them
+            cfg = configlib.load_config(config, [TRIAL_EXPORTS, *overrides, *_as_overrides(values),
+                                                 f"run.dir={run_dir}"])
             code = train(cfg, extra_hooks=[report, *extra_hooks])
         except DatabaseUnavailableError:
             raise  # the worker's problem: the trial stays unfinished, to be retried from its checkpoints
