@@ -96,8 +96,8 @@ def run_worker(study: Study, config: str, overrides: list[str], study_dir: str, 
     while True:
         patiently(study.fail_stale, "looking for dead trials")
         if patiently(study.done, "counting finished trials"):
-            log.info("study %s has its %d trials; this worker trained %d", study.space.study, study.space.trials,
-                     trained)
+            log.info("study %s is done: %s; this worker trained %d", study.space.study,
+                     patiently(study.progress, "counting finished trials"), trained)
             return EXIT_OK
         trial = patiently(study.take_queued, "taking a queued trial") or patiently(study.take_new, "asking for a trial")
         if trial is None:  # others are training the last trials; one of them may die and need a retry
