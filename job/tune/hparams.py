@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from job.layout import TUNE_TRIAL_EVENTS
-from job.storage import open_storage
+from job.storage import AlreadyExistsError, open_storage
 from job.tune.space import Param, Space
 
 STUDY_EVENTS = "events.out.tfevents.tune-study"
@@ -61,7 +61,10 @@ def _store(storage, relpath: str, summaries, if_absent: bool = False) -> None:
             summaries()
         writer.close()
         [events] = Path(folder).glob("events.out.tfevents.*")
-        storage.write_bytes(relpath, events.read_bytes(), if_absent=if_absent)
+        try:
+            storage.write_bytes(relpath, events.read_bytes(), if_absent=if_absent)
+        except AlreadyExistsError:  # another worker wrote it first: the same experiment
+            pass
 
 
 def _hparam(param: Param):
