@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most pixels per image, from its header before decoding (default 40,000,000, or "
                             "JOB_SERVE_MAX_PIXELS); more gets 413")
 
-    tune = sub.add_parser("tune", help="hyperparameter search (Optuna): trials are ordinary runs in the study dir")
+    from job.tune.registry import describe as tune_choices
+
+    tune = sub.add_parser("tune", help="hyperparameter search (Optuna): trials are ordinary runs in the study dir",
+                          epilog=tune_choices(), formatter_class=argparse.RawDescriptionHelpFormatter)
     tune.add_argument("--config", default="", help="the base config: preset name or YAML path (required to start)")
     tune.add_argument("--space", required=True, help="the search space YAML (see the README's tuning section)")
     tune.add_argument("--study-dir", default="", help="where the trial runs and results go (local or gs://; "

@@ -9,6 +9,7 @@ as much as the trainer does. Messages and templates may name the files in prose;
     status.json                  where the run is now (`python -m job status`)
     checkpoints/                 TF checkpoint files, their commit objects, TF's state file (job/checkpoint.py)
     logs/{train,validation,eval} TensorBoard event files
+    logs/events.out.tfevents.tune  a tune trial's values and objective, for TensorBoard's HParams (job/tune/hparams.py)
     logs/trainer/                the trainer's own log, one file per process start
     eval/metrics.json            the final evaluation; eval/report.txt its text form; eval/report.html the report
     export/                      model.keras, model.h5, saved_model/, tfserving/<name>/1/ (TF Serving's layout),
@@ -28,6 +29,7 @@ TRAIN_LOGS = f"{LOGS_DIR}/train"
 VALIDATION_LOGS = f"{LOGS_DIR}/validation"
 EVAL_LOGS = f"{LOGS_DIR}/eval"
 TRAINER_LOG_DIR = f"{LOGS_DIR}/trainer"
+TUNE_TRIAL_EVENTS = f"{LOGS_DIR}/events.out.tfevents.tune"  # TensorBoard reads any file named *tfevents*
 
 EVAL_DIR = "eval"
 METRICS_FILE = f"{EVAL_DIR}/metrics.json"

@@ -2,10 +2,15 @@
 kill it mid-trial at a known moment:
 
     python -m tests.hooked_tune --hold-at-step N -- TUNE ARGS...
+    python -m tests.hooked_tune --pause-on-stale GO -- TUNE ARGS...
 
 The first trial this worker trains is held after step N: its checkpoint at step N is saved and committed, the line
 `HELD trial run at step N` is printed, and the training thread waits forever (the trial's heartbeat goes on, as a
 live worker's does) until the test kills the process; with `--wait-for FILE`, until FILE exists, then it trains on.
+
+With `--pause-on-stale GO`, the first time the worker finds dead trials it prints `STALE SEEN [numbers]` and waits,
+before claiming them, until the file GO exists: two such workers have then both seen the same dead trial, and the
+test lets them race for it at once.
 """
 from __future__ import annotations
 
@@ -54,9 +59,26 @@ class HoldAfterCheckpoint(Hook):
             time.sleep(0.05)
 
 
+class PauseOnce:
+    """Study.before_claiming_stale: announce the dead trials seen, then wait for the test's go (once)."""
+
+    def __init__(self, go: Path):
+        self.go = go
+        self.paused = False
+
+    def __call__(self, numbers: list[int]) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        print(f"STALE SEEN {sorted(numbers)}", flush=True)
+        while not self.go.exists():  # the test's go; it kills this process if it never comes
+            time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--hold-at-step", type=int, required=True)
+    parser.add_argument("--hold-at-step", type=int, default=0, help="0: no hold")
+    parser.add_argument("--pause-on-stale", default="", help="the file whose existence ends the pause")
     parser.add_argument("--wait-for", default="", help="hold only until this file exists")
     parser.add_argument("tune_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -69,9 +91,11 @@ def main() -> int:
 
     space = load_space(tune.space)
     study = open_study(space, storage_url(tune.storage, tune.study_dir))
+    if args.pause_on_stale:
+        study.before_claiming_stale = PauseOnce(Path(args.pause_on_stale))
+    hooks = [HoldAfterCheckpoint(args.hold_at_step, args.wait_for)] if args.hold_at_step else []
     try:
-        return run_worker(study, tune.config, list(tune.overrides), tune.study_dir,
-                          extra_hooks=[HoldAfterCheckpoint(args.hold_at_step, args.wait_for)])
+        return run_worker(study, tune.config, list(tune.overrides), tune.study_dir, extra_hooks=hooks)
     except UserError as e:  # as job.cli.main reports it
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -56,8 +56,8 @@ def main(args) -> int:
         return code
     _finish(study, study_dir)
     if not study.done():
-        log.warning("study %s has %d of %d trials finished (a worker died?); run the same command again to go on",
-                    space.study, study.finished(), space.trials)
+        log.warning("study %s has %s (a worker died?); run the same command again to go on", space.study,
+                    study.progress())
         return 1
     return EXIT_OK
 

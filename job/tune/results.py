@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from job.records import duration
 from job.storage import open_storage
-from job.tune.study import ERROR_ATTR, RUN_ATTR, SURPLUS_ATTR, Study, is_retry, origin_number, retries
+from job.tune.study import ERROR_ATTR, RUN_ATTR, SURPLUS_ATTR, Study, is_failed, is_retry, origin_number, retries
 
 log = logging.getLogger("job")
 
@@ -28,7 +28,8 @@ def rows(study: Study) -> list[dict]:
     for trial in study.trials():
         if trial.user_attrs.get(SURPLUS_ATTR):
             continue
-        if trial.state == TrialState.FAIL and ERROR_ATTR not in trial.user_attrs:
+        gave_up = trial.state == TrialState.FAIL and ERROR_ATTR not in trial.user_attrs
+        if gave_up and not is_failed(trial, study.space.max_retries):
             continue  # its worker died; the retry is the row (or it is about to be queued)
         state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
                  TrialState.WAITING: "queued", TrialState.FAIL: "failed"}[trial.state]
@@ -42,7 +43,9 @@ def rows(study: Study) -> list[dict]:
         out.append({"trial": origin_number(trial), "params": trial.params, "best_val_top1": best, "state": state,
                     "epochs": trial.user_attrs.get("epochs", len(trial.intermediate_values)),
                     "seconds": seconds, "run_dir": trial.user_attrs.get(RUN_ATTR, ""),
-                    "error": trial.user_attrs.get(ERROR_ATTR, "")})
+                    "error": trial.user_attrs.get(ERROR_ATTR, "") or (
+                        f"its worker died {retries(trial) + 1} times; not retried again (max_retries "
+                        f"{study.space.max_retries})" if gave_up else "")})
     return sorted(out, key=lambda r: (r["best_val_top1"] is None, -(r["best_val_top1"] or 0.0), r["trial"]))
 
 
@@ -55,8 +58,7 @@ def leaderboard(study: Study) -> str:
              duration(r["seconds"])] for r in table]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body]]
-    finished = study.finished()
-    lines.append(f"\nstudy {study.space.study}: {finished} of {study.space.trials} trials finished "
+    lines.append(f"\nstudy {study.space.study}: {study.progress()} "
                  f"({study.space.sampler} sampler, {study.space.pruner} pruner)")
     errors = [f"trial {r['trial']}: {r['error']}" for r in table if r["error"]]
     return "\n".join(lines + errors) + "\n"

@@ -2,9 +2,9 @@
 
     study: lr-wd                 # the study's name (and the default study dir: runs/tune-<study>)
     trials: 12                   # how many trials the study runs (grid: at most the grid's size, which is the default)
-    sampler: tpe                 # grid | random | tpe (Optuna's Bayesian TPE)
-    pruner: median               # none | median (stop a trial whose validation top-1 is below the median so far)
-    seed: 0                      # the sampler's seed
+    sampler: tpe                 # a name of job/tune/registry.py SAMPLERS: grid | random | tpe
+    pruner: median               # a name of job/tune/registry.py PRUNERS: none | median
+    seed: 0                      # the study's seed (each trial's sampler seed is derived from it and the trial)
     params:                      # any config key, as a range or a list of choices
       optim.lr: {low: 0.01, high: 0.4, log: true}
       optim.weight_decay: {choices: [1.0e-4, 5.0e-4]}
@@ -25,9 +25,8 @@ from typing import Any
 import yaml
 
 from job.errors import ConfigError
+from job.tune.registry import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
 
-SAMPLERS = ("grid", "random", "tpe")
-PRUNERS = ("none", "median")
 _KEYS = {"study", "trials", "sampler", "pruner", "seed", "params", "max_retries", "heartbeat_seconds",
          "grace_seconds", "objective"}
 OBJECTIVE = "best validation top-1"
@@ -66,6 +65,10 @@ class Space:
     heartbeat_seconds: float = 30.0
     grace_seconds: float = 120.0
 
+    @property
+    def queues_grid(self) -> bool:
+        return SAMPLERS[self.sampler].queues_grid
+
     def grid(self) -> list[dict[str, Any]]:
         """Every point of the grid, in a fixed order (the order the trials are queued in)."""
         keys = [p.key for p in self.params]
@@ -98,8 +101,8 @@ def load_space(path: str) -> Space:
     study = tree.get("study")
     if not isinstance(study, str) or not study or not all(c.isalnum() or c in "-_." for c in study):
         raise ConfigError(f"{path}: study must be a name of letters, digits, '-', '_' or '.', got {study!r}")
-    sampler = _choice(tree, "sampler", SAMPLERS, "tpe", path)
-    pruner = _choice(tree, "pruner", PRUNERS, "none", path)
+    sampler = _choice(tree, "sampler", tuple(SAMPLERS), DEFAULT_SAMPLER, path)
+    pruner = _choice(tree, "pruner", tuple(PRUNERS), DEFAULT_PRUNER, path)
     raw_params = tree.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
         raise ConfigError(f"{path}: params must map config keys to ranges or choices, e.g. "
@@ -113,7 +116,7 @@ def load_space(path: str) -> Space:
     if space.grace_seconds <= space.heartbeat_seconds:
         raise ConfigError(f"{path}: grace_seconds ({space.grace_seconds}) must be longer than heartbeat_seconds "
                           f"({space.heartbeat_seconds}), or every trial would be taken for dead")
-    grid_size = len(space.grid()) if sampler == "grid" else None
+    grid_size = len(space.grid()) if SAMPLERS[sampler].queues_grid else None
     trials = _number(tree, "trials", grid_size, int, 1, path)
     if trials is None:
         raise ConfigError(f"{path}: trials is missing; say how many trials the study runs, e.g. trials: 12")

@@ -22,6 +22,7 @@ from job.errors import EXIT_OK, EXIT_PREEMPTED, UserError, first_line
 from job.hooks import Hook, Stop
 from job.metrics import best_metric
 from job.tune.database import DatabaseUnavailableError, patiently
+from job.tune.hparams import write_experiment, write_trial
 from job.tune.study import ERROR_ATTR, RUN_ATTR, Study, origin_number
 
 log = logging.getLogger("job")
@@ -92,12 +93,13 @@ class Heartbeat:
 def run_worker(study: Study, config: str, overrides: list[str], study_dir: str, extra_hooks=()) -> int:
     """Run trials until the study is done. Returns 0, or 75 when SIGTERM stopped a trial (its checkpoint is
     committed; the trial is retried, resuming, by whichever worker runs next)."""
+    write_experiment(study.space, study_dir)  # TensorBoard's HParams dashboard: once per study dir
     trained = 0
     while True:
         patiently(study.fail_stale, "looking for dead trials")
         if patiently(study.done, "counting finished trials"):
-            log.info("study %s has its %d trials; this worker trained %d", study.space.study, study.space.trials,
-                     trained)
+            log.info("study %s is done: %s; this worker trained %d", study.space.study,
+                     patiently(study.progress, "counting finished trials"), trained)
             return EXIT_OK
         trial = patiently(study.take_queued, "taking a queued trial") or patiently(study.take_new, "asking for a trial")
         if trial is None:  # others are training the last trials; one of them may die and need a retry
@@ -138,6 +140,7 @@ def run_trial(study: Study, trial: optuna.Trial, config: str, overrides: list[st
             log.warning("trial %d failed: %s", trial.number, e)
             trial.set_user_attr(ERROR_ATTR, str(e))
             study.study.tell(trial, state=TrialState.FAIL)
+            write_trial(study_dir, run_dir, number, values, None, report.epochs, started)
             return EXIT_OK
         finally:
             _release_tensorflow()
@@ -150,6 +153,7 @@ def run_trial(study: Study, trial: optuna.Trial, config: str, overrides: list[st
                        trial.set_user_attr(RESUMED_ATTR, report.resumed_from), trial.set_user_attr("seconds", seconds)],
               "storing the trial's figures")
     # skip_if_finished: a repeated tell (its first reply lost with the connection) must not count the trial twice
+    write_trial(study_dir, run_dir, number, values, report.best, report.epochs, started)
     if report.pruned_at is not None:
         patiently(lambda: study.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True), "telling the result")
     elif report.best is None:  # no epoch was validated (a run whose epochs were all trained already)
