@@ -124,9 +124,9 @@ def test_a_decompression_bomb_is_refused_from_its_header_with_its_size_and_the_l
         decode(encode(np.zeros((3000, 3000), np.uint8)), SIDE, max_pixels=1_000_000)
 
 
-# A fresh process decodes the file it is given and reports its peak memory (VmHWM). Once imported, its address space may grow
-# by 2 GB at most: if the header check were gone, the 3.6 GB decode would end in a MemoryError instead of taking the
-# machine's memory (without the cap, this file measured 10 GB of peak RSS and 60 s here).
+# A fresh process decodes the file it is given and reports its peak memory (VmHWM). Once imported, its address space
+# may grow by 2 GB at most: if the header check were gone, the 3.6 GB decode would end in a MemoryError instead of
+# taking the machine's memory (without the cap, this file measured 10 GB of peak RSS and 60 s here).
 DECODE_IN_A_FRESH_PROCESS = """
 import resource, sys
 from job.images import decode

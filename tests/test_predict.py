@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from PIL import Image
 
 from job.overlay import OVERLAY_SIDE
 from sample_images import digit_images, encode, rgb_png_bomb, truncated_png
-from trainer_runs import ROOT, job_command, run_job, trainer_env
+from trainer_runs import ROOT, run_job, trainer_env
 
 pytestmark = pytest.mark.usefixtures("digits_run")
 
@@ -92,22 +92,29 @@ def test_nothing_classifiable_is_exit_2_and_a_missing_path_is_refused_before_loa
     assert result.returncode == 2 and "is not a run directory" in result.stderr.strip().splitlines()[-1]
 
 
+# `python -m job` that writes its own peak resident memory (VmHWM: this process image alone; wait4's ru_maxrss would
+# carry over the forking pytest's, which holds TensorFlow) to the file in argv[1] as it exits.
+PEAK_REPORTING = """
+import atexit, sys
+from job.cli import main
+
+def report():
+    with open("/proc/self/status") as status, open(sys.argv[1], "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+atexit.register(report)
+code = main(sys.argv[2:])
+sys.exit(code)
+"""
+
+
 def run_measuring_peak_memory(*args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, int]:
-    """`python -m job ARGS` and its own peak resident memory in MB (from wait4: this process alone)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(job_command(*args), cwd=ROOT, env=trainer_env(), stdout=out, stderr=err, text=True)
-        deadline = time.monotonic() + timeout
-        while not (ended := os.wait4(process.pid, os.WNOHANG))[0]:
-            if time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                raise AssertionError(f"{args} did not end within {timeout} s")
-            time.sleep(0.05)
-        process.returncode = os.waitstatus_to_exitcode(ended[1])
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()), \
-            ended[2].ru_maxrss // 1024
+    """`python -m job ARGS` and its own peak resident memory in MB."""
+    with tempfile.TemporaryDirectory() as folder:
+        peak = Path(folder) / "peak"
+        result = subprocess.run([sys.executable, "-c", PEAK_REPORTING, str(peak), *args], cwd=ROOT, env=trainer_env(),
+                                capture_output=True, text=True, timeout=timeout)
+        return result, int(peak.read_text()) // 1024
 
 
 def test_a_decompression_bomb_is_one_line_and_exit_2_without_being_decoded(digits_run, tmp_path):
