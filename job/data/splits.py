@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from job.config import Config, DataConfig
 
 IMAGE_SHAPE = (32, 32, 3)  # every dataset is served at CIFAR's shape, so every model runs on every dataset
+FOLDER_ONLY_KEYS = ("test_split", "split_seed", "cache_dir", "max_unreadable_fraction", "max_pixels",
+                    "max_decoded_gb")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 20151123  # fixed, so the digits test set never depends on train.seed
 
@@ -37,13 +39,15 @@ class Splits:
     # CIFAR-100 with label_mode=fine only (with coarse labels these are the labels themselves):
     coarse_names: list[str] | None = None
     fine_to_coarse: np.ndarray | None = None  # int32 (num_classes,), the superclass of each fine class
+    record: dict | None = None  # data.name=folder: what the run keeps as layout.DATA_MANIFEST_FILE (job/data/folder.py)
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """The dataset `cfg.name`, with `cfg.validation_split` of train held out (stratified, chosen by `seed`)."""
+def load_splits(cfg: DataConfig, seed: int, run_dir: str = "") -> Splits:
+    """The dataset `cfg.name`, with `cfg.validation_split` of train held out (stratified, chosen by `seed`). `run_dir`:
+    the run it is loaded for (data.name=folder keeps its decoded images there by default, and checks a resume)."""
     if cfg.name not in DATASETS:
         raise DataError(f"data.name={cfg.name!r} is unknown; use {', '.join(DATASETS)}")
-    splits = DATASETS[cfg.name].load(cfg, seed)
+    splits = DATASETS[cfg.name].load(cfg, seed, run_dir)
     if cfg.validation_split > 0:
         train, val = stratified_split(splits.y_train, cfg.validation_split, seed)
         if not len(train) or not len(val):
@@ -76,13 +80,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return kept, np.sort(held)
 
 
-def _cifar10(cfg: DataConfig, seed: int) -> Splits:
+def _cifar10(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     arrays = read_cifar10(fetch_archive(ARCHIVES["cifar10"], cfg.dir, cfg.download, cfg.md5))
     return Splits(arrays.x_train, arrays.y_train, None, None, arrays.x_test, arrays.y_test,
                   num_classes=DATASETS["cifar10"].num_classes["fine"], class_names=arrays.class_names)
 
 
-def _cifar100(cfg: DataConfig, seed: int) -> Splits:
+def _cifar100(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     path = fetch_archive(ARCHIVES["cifar100"], cfg.dir, cfg.download, cfg.md5)
     a = read_cifar100(path)
     num_classes = DATASETS["cifar100"].num_classes[cfg.label_mode]
@@ -95,7 +99,7 @@ def _cifar100(cfg: DataConfig, seed: int) -> Splits:
                   class_names=a.class_names, coarse_names=a.coarse_names, fine_to_coarse=mapping)
 
 
-def _digits(cfg: DataConfig, seed: int) -> Splits:
+def _digits(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     """scikit-learn's bundled 8x8 digits (values 0..16), as 32x32x3 uint8 so every model runs unchanged."""
     from sklearn.datasets import load_digits
 
@@ -110,7 +114,13 @@ def _digits(cfg: DataConfig, seed: int) -> Splits:
                   num_classes=classes, class_names=[str(d) for d in range(classes)])
 
 
-def _synthetic(cfg: DataConfig, seed: int) -> Splits:
+def _folder(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
+    from job.data.folder import load_folder
+
+    return load_folder(cfg, run_dir)
+
+
+def _synthetic(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     """Uniform random images and labels of CIFAR shape: for throughput tests and smoke runs, nothing to learn."""
     n, classes = cfg.synthetic_examples, DATASETS["synthetic"].num_classes["fine"]
     rng = np.random.default_rng([seed, 0x5A7])
@@ -128,7 +138,7 @@ class DatasetSpec:
     description: str
     num_classes: dict[str, int]  # data.label_mode -> number of classes; "fine" is every dataset's default
     offline: bool  # bundled or generated: never downloaded, so data.dir, data.download and data.md5 do not apply
-    load: Callable[[DataConfig, int], Splits]  # load(cfg.data, train.seed) -> all of train, and test
+    load: Callable[[DataConfig, int, str], Splits]  # load(cfg.data, train.seed, run dir) -> all of train, and test
 
     def check(self, cfg: Config) -> None:
         """Refuse settings this dataset cannot honour. Config validation calls it, before TensorFlow starts."""
@@ -144,6 +154,17 @@ class DatasetSpec:
         if self.name != "synthetic" and data.synthetic_examples != DataConfig.synthetic_examples:
             raise ConfigError(f"data.synthetic_examples={data.synthetic_examples} only applies to data.name=synthetic, "
                               f"not {self.name}; remove it")
+        if data.image_size != IMAGE_SHAPE[0]:
+            raise ConfigError(f"data.image_size={data.image_size}: only {IMAGE_SHAPE[0]} is supported for now (the "
+                              "inference, serving and gcn_zca paths assume it); remove it")
+        if self.name != "folder":
+            for key in FOLDER_ONLY_KEYS:
+                if getattr(data, key) != getattr(DataConfig, key):
+                    raise ConfigError(f"data.{key}={getattr(data, key)} only applies to data.name=folder, not "
+                                      f"{self.name}; remove it")
+        elif not data.dir.strip():
+            raise ConfigError("data.name=folder needs data.dir, the folder (local or gs://) holding a subfolder "
+                              "per class")
         if data.augment.cutout >= IMAGE_SHAPE[0]:
             raise ConfigError(f"data.augment.cutout must be in [0, {IMAGE_SHAPE[0]}) (below the image side), "
                               f"got {data.augment.cutout}")
@@ -156,6 +177,8 @@ _SPECS = [
                 "(downloaded, MD5 checked)", {"fine": 100, "coarse": 20}, offline=False, load=_cifar100),
     DatasetSpec("digits", "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) upsampled to 32x32x3",
                 {"fine": 10}, offline=True, load=_digits),
+    DatasetSpec("folder", "your own images: data.dir (local or gs://) holding a folder per class, or train/ and "
+                "test/ folders that do (README: Your own images)", {"fine": 0}, offline=True, load=_folder),
     DatasetSpec("synthetic", "uniform random images and labels (data.synthetic_examples of them): benchmarks and "
                 "smoke runs only, nothing to learn", {"fine": 10}, offline=True, load=_synthetic),
 ]
