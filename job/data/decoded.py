@@ -22,9 +22,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from job.data.folder import FolderEntry, FolderListing
 
 log = logging.getLogger("job")
+T = TypeVar("T")
 
 DECODE_RECIPE = "job/images.py v1"  # bump when job/images.py decodes differently: every cache is decoded again
 MANIFEST = "manifest.json"
@@ -64,8 +66,10 @@ def listing_key(entries: list[FolderEntry], image_size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def load_or_decode(listing: FolderListing, key: str, cache_url: str, cfg: DataConfig) -> DecodedSet:
-    """The folder's images from the cache at `cache_url`/`key`, decoded into it first if nobody has."""
+def load_or_decode(listing: FolderListing, key: str, cache_url: str, cfg: DataConfig,
+                   assemble: Callable[[DecodedSet], T]) -> T:
+    """assemble(the folder's images), from the cache at `cache_url`/`key`, decoded into it first if nobody has.
+    `assemble` makes the dataset of them and refuses what cannot be one: before anything is written."""
     _check_memory(listing, cfg)
     store = open_storage(f"{cache_url.rstrip('/')}/{key}")
     while True:
@@ -73,20 +77,21 @@ def load_or_decode(listing: FolderListing, key: str, cache_url: str, cfg: DataCo
         if manifest is not None:
             log.info("using the decoded cache %s (%d images, %d skipped)", store.url,
                      len(manifest["files"]) - len(manifest["skipped"]), len(manifest["skipped"]))
-            return _checked(_load(store, manifest), listing, manifest, cfg)
+            return assemble(_checked(_load(store, manifest), listing, manifest, cfg))
         lock = DecodingLock(store, len(listing.entries))
         if lock.acquire():
             try:
                 if _read_manifest(store) is not None:  # finished by another process just before we locked
                     continue
-                return _decode_into(store, listing, key, cfg, lock)
+                return _decode_into(store, listing, key, cfg, lock, assemble)
             finally:
                 lock.release()
         lock.wait()
 
 
 # --- decoding ------------------------------------------------------------------------------------------------------
-def _decode_into(store: Storage, listing: FolderListing, key: str, cfg: DataConfig, lock: DecodingLock) -> DecodedSet:
+def _decode_into(store: Storage, listing: FolderListing, key: str, cfg: DataConfig, lock: DecodingLock,
+                 assemble: Callable[[DecodedSet], T]) -> T:
     source = open_storage(listing.url)
     entries = listing.entries
     log.info("decoding %d images from %s at %dx%d into %s", len(entries), listing.url, cfg.image_size,
@@ -112,9 +117,10 @@ def _decode_into(store: Storage, listing: FolderListing, key: str, cfg: DataConf
     _check_unreadable(listing.url, manifest, cfg)
     kept = np.array([i for i in range(len(entries)) if not reasons[i]], np.int64)
     decoded = DecodedSet(out[kept], kept, [sha[i] for i in kept], manifest["skipped"])
+    result = assemble(decoded)
     _write(store, decoded.images, manifest)
     _warn_skipped(manifest)
-    return decoded
+    return result
 
 
 def _decode_one(source: Storage, entry: FolderEntry, cfg: DataConfig, into: np.ndarray) -> tuple[str, int, str]:

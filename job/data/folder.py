@@ -90,8 +90,6 @@ def load_folder(cfg: DataConfig, run_dir: str = ""):
     """The folder dataset as Splits (train and test; a validation folder's images as validation), decoded through
     the cache (job/data/decoded.py). `run_dir`: the run it is for (the default cache is inside it, and a resume is
     refused when the folder changed since the run recorded it)."""
-    from job.data.splits import Splits, stratified_split
-
     listing = list_folder(cfg.dir)
     key = listing_key(listing.entries, cfg.image_size)
     _refuse_changed_folder_on_resume(run_dir, cfg.dir, key, listing)
@@ -99,7 +97,14 @@ def load_folder(cfg: DataConfig, run_dir: str = ""):
     if not cache_url:
         raise DataError("data.name=folder needs data.cache_dir, or a run directory to keep the decoded images in; "
                         "set data.cache_dir")
-    decoded = load_or_decode(listing, key, cache_url, cfg)
+    return load_or_decode(listing, key, cache_url, cfg, lambda decoded: _assemble(cfg, listing, key, cache_url,
+                                                                                  decoded))
+
+
+def _assemble(cfg: DataConfig, listing: FolderListing, key: str, cache_url: str, decoded: DecodedSet):
+    """The Splits of the decoded images; a one-line DataError for a set that cannot be a dataset."""
+    from job.data.splits import Splits, stratified_split
+
     kept = decoded.kept  # indices into listing.entries of the images that decoded
     labels_of = {name: i for i, name in enumerate(listing.classes)}
     labels = np.array([labels_of[listing.entries[i].class_name] for i in kept], np.int32)
