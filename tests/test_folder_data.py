@@ -15,6 +15,7 @@ from job import images
 from job.config import load_config
 from job.data import decoded as decodedlib
 from job.data import load_splits
+from job.data.folder import list_folder
 from job.data.to_folder import export_dataset
 from job.errors import DataError, UserError
 from job.layout import DATA_MANIFEST_FILE
@@ -162,7 +163,7 @@ def test_a_resume_refuses_a_folder_changed_since_the_run_recorded_it(tmp_path):
     (root / "cat" / "001.png").unlink()
     with pytest.raises(DataError) as refused:
         load_splits(cfg, seed=0, run_dir=str(run))
-    assert "changed since" in str(refused.value) and "1 images added, 1 removed, 0 edited" in str(refused.value)
+    assert "changed since" in str(refused.value) and "images added: 1, removed: 1, edited: 0" in str(refused.value)
     assert "\n" not in str(refused.value)
 
 
@@ -339,3 +340,23 @@ def test_folder_only_keys_are_refused_for_other_datasets():
     with pytest.raises(UserError, match="data.split_seed=3 only applies to data.name=folder"):
         load_config("digits_resnet20", ["data.split_seed=3"])
 
+
+
+def test_a_lock_left_by_a_decoder_killed_on_this_host_is_taken_over_at_once(tmp_path, caplog):
+    """kill -9 during decoding, then the same command again (a restarted pod): no wait for the heartbeat to go stale."""
+    import socket
+    import subprocess
+    import sys
+
+    caplog.set_level(logging.INFO, logger="job")
+    root = class_folders(tmp_path / "pets")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
+    key = decodedlib.listing_key(list_folder(str(root)).entries, 32)
+    (tmp_path / "cache" / key).mkdir(parents=True)
+    (tmp_path / "cache" / key / decodedlib.LOCK).write_text(json.dumps(
+        {"id": "killed", "host": socket.gethostname(), "pid": int(gone.stdout), "beat": 7}))
+    started = time.monotonic()
+    load_splits(folder_cfg(root, tmp_path / "cache"), seed=0)
+    assert "stopped; taking over" in caplog.text and "decoding 20 images" in caplog.text
+    assert time.monotonic() - started < decodedlib.LOCK_STALE_SECONDS

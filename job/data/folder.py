@@ -201,8 +201,8 @@ def _refuse_changed_folder_on_resume(run_dir: str, url: str, key: str, listing: 
     now = {e.path: (e.size, e.version) for e in listing.entries}
     added, removed = len(now.keys() - before.keys()), len(before.keys() - now.keys())
     edited = sum(1 for p in now.keys() & before.keys() if now[p] != before[p])
-    raise DataError(f"data.dir={url} changed since {run_dir} started ({added} images added, {removed} removed, "
-                    f"{edited} edited); resuming would train and test on other images: restore the folder, or start "
+    raise DataError(f"data.dir={url} changed since {run_dir} started (images added: {added}, removed: {removed}, "
+                    f"edited: {edited}); resuming would train and test on other images: restore the folder, or start "
                     "a new run.dir")
 
 
