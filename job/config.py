@@ -46,7 +46,7 @@ class DataConfig:
     normalization: str = "standardize"  # standardize (per-channel mean/std) | gcn_zca | none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic_examples: int = 1024  # size of the synthetic training set; only with name=synthetic
-    image_size: int = 32  # side of the square images the model takes (only 32 for now)
+    image_size: int = 32  # side of the square images stored and taken by the model; other than 32: name=folder only
     # name=folder only (README: Your own images):
     test_split: float = 0.2  # share of each class drawn as the test set when data.dir has no test/ folder
     split_seed: int = 0  # draws that test set (not train.seed: the test set stays put when the seed changes)
@@ -164,7 +164,7 @@ class Range(NamedTuple):
 RANGES = {
     "data.validation_split": Range(0, 1, "[)"),
     "data.synthetic_examples": Range(0, None, "()"),
-    "data.image_size": Range(0, None, "()"),  # 32 only for now: the dataset's check
+    "data.image_size": Range(8, 512),  # 32 for the built-in datasets: the dataset's check
     "data.test_split": Range(0, 1, "()"),
     "data.split_seed": Range(0, 2**32 - 1),
     "data.max_unreadable_fraction": Range(0, 1, "[)"),

@@ -327,7 +327,7 @@ def test_a_bad_folder_is_one_line_from_the_trainer_with_no_run_left_behind(tmp_p
 
 
 @pytest.mark.parametrize("override, match", [
-    ("data.image_size=64", "only 32 is supported for now"),
+    ("data.image_size=600", "data.image_size must be in [8, 512]"),
     ("data.test_split=1", "data.test_split must be in (0, 1)"),
     ("data.max_unreadable_fraction=-0.1", "data.max_unreadable_fraction must be in [0, 1)"),
 ])
@@ -339,6 +339,26 @@ def test_folder_keys_are_range_checked(override, match):
 def test_folder_only_keys_are_refused_for_other_datasets():
     with pytest.raises(UserError, match="data.split_seed=3 only applies to data.name=folder"):
         load_config("digits_resnet20", ["data.split_seed=3"])
+    with pytest.raises(UserError, match="data.image_size=64 is for data.name=folder; digits's images are 32x32"):
+        load_config("digits_resnet20", ["data.image_size=64"])
+
+
+def test_gcn_zca_and_cutout_are_checked_against_the_image_size():
+    folder = ["data.name=folder", "data.dir=x"]
+    with pytest.raises(UserError, match="gcn_zca .* it is for 32 only; use standardize"):
+        load_config("digits_resnet20", [*folder, "data.image_size=64", "data.normalization=gcn_zca"])
+    with pytest.raises(UserError, match=r"data.augment.cutout must be in \[0, 16\)"):
+        load_config("digits_resnet20", [*folder, "data.image_size=16", "data.augment.cutout=20"])
+    assert load_config("digits_resnet20", [*folder, "data.image_size=64", "data.augment.cutout=40"])
+
+
+def test_a_folder_decodes_at_data_image_size(tmp_path):
+    root = class_folders(tmp_path / "pets")
+    splits = load_splits(folder_cfg(root, tmp_path / "cache", "data.image_size=24"), seed=0)
+    assert splits.x_train.shape[1:] == splits.x_test.shape[1:] == (24, 24, 3)
+    path = sorted(f[0] for f in splits.record["files"] if f[3] == "test")[0]
+    want = images.decode((root / path).read_bytes(), 24)
+    assert any(np.array_equal(want, x) for x in splits.x_test)
 
 
 

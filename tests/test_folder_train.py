@@ -123,10 +123,10 @@ def test_kill_minus_nine_then_resume_uses_the_cache_and_ends_with_the_uninterrup
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = trainer_env(**extra)
-    for key in ("TF_CONFIG", "JOB_COMPLETION_INDEX", "WORKER_HOSTS"):
+    env = trainer_env()
+    for key in ("TF_CONFIG", "JOB_COMPLETION_INDEX", "WORKER_HOSTS"):  # the cluster is the test's, not the shell's
         env.pop(key, None)
-    return env
+    return {**env, **extra}
 
 
 def _run_all(commands_envs: list[tuple[list[str], dict]], logs: list[Path], timeout: float = 900) -> None:

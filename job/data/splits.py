@@ -19,7 +19,7 @@ from job.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from job.config import Config, DataConfig
 
-IMAGE_SHAPE = (32, 32, 3)  # every dataset is served at CIFAR's shape, so every model runs on every dataset
+IMAGE_SHAPE = (32, 32, 3)  # every built-in dataset is served at CIFAR's shape; a folder at data.image_size
 FOLDER_ONLY_KEYS = ("test_split", "split_seed", "cache_dir", "max_unreadable_fraction", "max_pixels",
                     "max_decoded_gb")
 DIGITS_TEST_FRACTION = 0.2
@@ -154,9 +154,13 @@ class DatasetSpec:
         if self.name != "synthetic" and data.synthetic_examples != DataConfig.synthetic_examples:
             raise ConfigError(f"data.synthetic_examples={data.synthetic_examples} only applies to data.name=synthetic, "
                               f"not {self.name}; remove it")
-        if data.image_size != IMAGE_SHAPE[0]:
-            raise ConfigError(f"data.image_size={data.image_size}: only {IMAGE_SHAPE[0]} is supported for now (the "
-                              "inference, serving and gcn_zca paths assume it); remove it")
+        if self.name != "folder" and data.image_size != IMAGE_SHAPE[0]:
+            raise ConfigError(f"data.image_size={data.image_size} is for data.name=folder; {self.name}'s images are "
+                              f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}: remove it")
+        if data.image_size != IMAGE_SHAPE[0] and data.normalization == "gcn_zca":
+            raise ConfigError(f"data.normalization=gcn_zca whitens with a matrix of (side x side x 3)^2 values, "
+                              f"{(3 * data.image_size ** 2) ** 2 * 4 / 1e6:,.0f} MB at data.image_size="
+                              f"{data.image_size}: it is for {IMAGE_SHAPE[0]} only; use standardize")
         if self.name != "folder":
             for key in FOLDER_ONLY_KEYS:
                 if getattr(data, key) != getattr(DataConfig, key):
@@ -165,9 +169,9 @@ class DatasetSpec:
         elif not data.dir.strip():
             raise ConfigError("data.name=folder needs data.dir, the folder (local or gs://) holding a subfolder "
                               "per class")
-        if data.augment.cutout >= IMAGE_SHAPE[0]:
-            raise ConfigError(f"data.augment.cutout must be in [0, {IMAGE_SHAPE[0]}) (below the image side), "
-                              f"got {data.augment.cutout}")
+        if data.augment.cutout >= data.image_size:
+            raise ConfigError(f"data.augment.cutout must be in [0, {data.image_size}) (below the image side, "
+                              f"data.image_size), got {data.augment.cutout}")
 
 
 _SPECS = [
