@@ -175,3 +175,19 @@ def test_two_horovod_ranks_train_the_folder(digits_folder, tmp_path):
                *TWO_WORKERS, *folder(digits_folder), f"run.dir={run_dir}", "distribute.backend=horovod"]
     _run_all([(command, env)], [log])
     _assert_decoded_once(run_dir, log.read_text())
+
+
+def test_a_folder_run_at_another_image_size_exports_and_predicts_at_that_size(digits_folder, tmp_path):
+    import sklearn.datasets
+
+    run_dir = tmp_path / "run"
+    trained(run_dir, "--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=1",
+            "train.max_steps_per_epoch=5", *folder(digits_folder), "data.image_size=48")
+    card = json.loads((run_dir / "export" / "model_card.json").read_text())
+    assert card["input"]["shape"] == [None, 48, 48, 3]
+    photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"  # 427x640: cropped and resized to 48
+    for source in (["--run-dir", str(run_dir)], ["--model", str(run_dir / "export" / "model.keras")]):
+        result = run_job("predict", *source, "--json", str(photo), timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (answer,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert answer["top"][0]["class"] in [str(d) for d in range(10)] and len(answer["top"]) == 5
