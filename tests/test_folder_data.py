@@ -380,3 +380,7 @@ def test_a_lock_left_by_a_decoder_killed_on_this_host_is_taken_over_at_once(tmp_
     load_splits(folder_cfg(root, tmp_path / "cache"), seed=0)
     assert "stopped; taking over" in caplog.text and "decoding 20 images" in caplog.text
     assert time.monotonic() - started < decodedlib.LOCK_STALE_SECONDS
+
+
+def test_a_folder_in_a_missing_bucket_is_refused_in_one_line(gcs_bucket, tmp_path):
+    refused(gcs_bucket.replace("gs://", "gs://no-such-") + "/pets", tmp_path, match="cannot list data.dir=gs://no-such-")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from job.data.decoded import DecodedSet, listing_key, load_or_decode
-from job.errors import DataError
+from job.errors import DataError, UserError, first_line
 from job.layout import DATA_MANIFEST_FILE, DECODED_DIR
 from job.storage import open_storage
 
@@ -56,7 +56,13 @@ def list_folder(url: str) -> FolderListing:
         problem = "is not a folder" if Path(url).exists() else "does not exist"
         raise DataError(f"data.dir={url} {problem}; give the folder holding one subfolder per class "
                         "(DIR/<class>/*.jpg), local or gs://")
-    files = [f for f in open_storage(url).list_versions() if not _hidden(f[0])]
+    try:
+        files = [f for f in open_storage(url).list_versions() if not _hidden(f[0])]
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - OSError on disk, google.api_core errors (no bucket, no permission)
+        raise DataError(f"cannot list data.dir={url} ({type(e).__name__}: {first_line(e)}); check the path or the "
+                        "bucket and its permissions") from None
     images = [f for f in files if f[0].lower().endswith(IMAGE_EXTENSIONS)]
     if not images:
         raise DataError(f"data.dir={url} holds no images ({len(files)} other files); expected DIR/<class>/*.jpg, "
@@ -194,7 +200,13 @@ def _refuse_shared_images(url: str, listing: FolderListing, kept: np.ndarray, sp
 def _refuse_changed_folder_on_resume(run_dir: str, url: str, key: str, listing: FolderListing) -> None:
     if not run_dir:
         return
-    record = open_storage(run_dir).read_json(DATA_MANIFEST_FILE)
+    try:
+        record = open_storage(run_dir).read_json(DATA_MANIFEST_FILE)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - before the run's storage preflight: the bucket may be unusable
+        raise DataError(f"cannot read {run_dir}/{DATA_MANIFEST_FILE} ({type(e).__name__}: {first_line(e)}); check "
+                        "run.dir, its bucket and permissions") from None
     if not record or record.get("key") == key:
         return
     before = {f[0]: tuple(f[1:3]) for f in record.get("files", [])}
