@@ -311,6 +311,12 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused(tmp_path):
     refused(root, tmp_path, match="is not UTF-8")
 
 
+def test_a_train_folder_beside_class_folders_is_refused(tmp_path):
+    class_folders(tmp_path / "d" / "train")
+    class_folders(tmp_path / "d", classes=("fox",))
+    refused(tmp_path / "d", tmp_path, match="has a train/ folder beside other folders (fox)")
+
+
 def test_loose_images_outside_class_folders_are_refused(tmp_path):
     root = class_folders(tmp_path / "d")
     write_png(root / "stray.png", seed=4)

@@ -69,6 +69,10 @@ def list_folder(url: str) -> FolderListing:
                         f"or DIR/train/<class>/... and DIR/test/<class>/... ({', '.join(IMAGE_EXTENSIONS)})")
     tops = {f[0].split("/")[0] for f in files if "/" in f[0]} | _local_subfolders(url)
     split_layout = "train" in tops and tops <= set(SPLIT_FOLDERS)
+    if "train" in tops and not split_layout:
+        others = sorted(tops - set(SPLIT_FOLDERS))
+        raise DataError(f"data.dir={url} has a train/ folder beside other folders ({_named(others)}); put every class "
+                        "folder under train/ (and test/), or rename train/ if it is a class")
     depth = 2 if split_layout else 1  # path parts before the class folder's files
     entries, loose = [], []
     for path, size, version in images:
