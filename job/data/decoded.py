@@ -203,9 +203,16 @@ def _check_memory(listing: FolderListing, cfg: DataConfig) -> None:
     needed = len(listing.entries) * cfg.image_size ** 2 * 3
     if needed > cfg.max_decoded_gb * 1e9:
         raise DataError(f"data.dir={listing.url}: {len(listing.entries):,} images at {cfg.image_size}x"
-                        f"{cfg.image_size} take {needed / 1e9:.1f} GB decoded, over data.max_decoded_gb="
+                        f"{cfg.image_size} take {_size(needed)} decoded, over data.max_decoded_gb="
                         f"{cfg.max_decoded_gb} (the images are held in memory; streaming from the shards is not "
                         "implemented yet): raise it if the machine has the memory, or lower data.image_size")
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
 
 
 def _check_pixels(url: str, manifest: dict, cfg: DataConfig) -> None:
