@@ -112,8 +112,8 @@ def test_sklearn_photos_decode_upright_centre_cropped_and_antialiased(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     upright.transpose(Image.Transpose.ROTATE_90).save(root / "flower" / "sideways.jpg", quality=95, exif=exif)
-    # the test split takes one image of each class; without a test folder it is drawn: 0.5 of two per class
-    splits = load_splits(folder_cfg(root, tmp_path / "cache", "data.test_split=0.5"), seed=0)
+    # three images, one drawn as the test set (flower's: china's only image must stay in train)
+    splits = load_splits(folder_cfg(root, tmp_path / "cache", "data.test_split=0.34"), seed=0)
     x = np.concatenate([splits.x_train, splits.x_test])
     y = np.concatenate([splits.y_train, splits.y_test])
     for label, name in enumerate(("china", "flower")):
@@ -245,6 +245,13 @@ def test_a_missing_or_empty_folder_is_refused(tmp_path):
     refused(tmp_path / "empty", tmp_path, match="holds no images")
 
 
+def test_a_class_left_without_training_images_by_the_drawn_split_is_refused(tmp_path):
+    root = class_folders(tmp_path / "d", per_class=4)
+    # One image: its quantile in its class is 0.5; 5 of 9 held out take the four lowest of the others and it.
+    write_png(root / "a_rare" / "only.png", seed=77)
+    refused(root, tmp_path, "data.test_split=0.6", match="class 'a_rare' has 1 image(s), all drawn into the test set")
+
+
 def test_one_class_only_is_refused(tmp_path):
     refused(class_folders(tmp_path / "d", classes=("cat",)), tmp_path, match="at least two classes")
 
@@ -257,6 +264,14 @@ def test_a_class_folder_without_an_image_is_refused(tmp_path):
     refused(root, tmp_path, match="class folder fox/ has no image file")
     (root / "fox" / "a.png").write_bytes(b"not a png")
     refused(root, tmp_path, "data.max_unreadable_fraction=0.5", match="class folder fox/ has no readable image")
+    # split folders: a class whose training images all fail is refused even with readable test images
+    split_root = tmp_path / "split"
+    class_folders(split_root / "train", per_class=6)
+    class_folders(split_root / "test", per_class=2, seed=300)
+    for path in (split_root / "train" / "dog").iterdir():
+        path.write_bytes(b"broken")
+    refused(split_root, tmp_path, "data.max_unreadable_fraction=0.5",
+            match="class folder train/dog/ has no readable image")
 
 
 def test_undecodable_images_over_the_share_are_refused_naming_the_first_few(tmp_path):

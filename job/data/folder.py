@@ -118,10 +118,6 @@ def _assemble(cfg: DataConfig, listing: FolderListing, key: str, cache_url: str,
     kept = decoded.kept  # indices into listing.entries of the images that decoded
     labels_of = {name: i for i, name in enumerate(listing.classes)}
     labels = np.array([labels_of[listing.entries[i].class_name] for i in kept], np.int32)
-    unreadable = [c for c, n in zip(listing.classes, np.bincount(labels, minlength=len(listing.classes))) if not n]
-    if unreadable:
-        raise DataError(f"data.dir={cfg.dir}: class folder {unreadable[0]}/ has no readable image (none of its files "
-                        "decodes; see the skipped files above); add readable images to it or remove it")
     if listing.has_split_folders:
         split = np.array([listing.entries[i].split for i in kept])
         if "test" not in split:
@@ -132,6 +128,17 @@ def _assemble(cfg: DataConfig, listing: FolderListing, key: str, cache_url: str,
         _, held = stratified_split(labels, cfg.test_split, cfg.split_seed)
         split[held] = "test"
         split = split.astype(str)
+    # Every class must have a training image that decodes, or the model learns a label it never saw.
+    counts = np.bincount(labels[split == "train"], minlength=len(listing.classes))
+    readable = np.bincount(labels, minlength=len(listing.classes))
+    for c in np.flatnonzero(counts == 0):
+        name = listing.classes[c]
+        if listing.has_split_folders or not readable[c]:
+            where = "train/" if listing.has_split_folders else ""
+            raise DataError(f"data.dir={cfg.dir}: class folder {where}{name}/ has no readable image (none of its "
+                            "files decodes); add readable images to it or remove it")
+        raise DataError(f"data.dir={cfg.dir}: class {name!r} has {readable[c]} image(s), all drawn into the test set "
+                        f"by data.test_split={cfg.test_split}; add images to {name}/ or lower data.test_split")
     if "validation" in split and cfg.validation_split > 0:
         raise DataError(f"data.dir={cfg.dir} has a validation/ folder and data.validation_split="
                         f"{cfg.validation_split} would draw another; set data.validation_split=0 to use the folder")
