@@ -4,9 +4,10 @@
     python -m bench.run --tiny     a smoke run of every code path at toy sizes (tests/test_bench.py)
 
 Sections: (1) training throughput of the project's loop vs Keras fit, (2) the input pipeline vs the rate the models
-consume images, (3) checkpoint blocking time (local, gs:// on a local fake-gcs-server) and the start-up of a resumed
-run, (4) peak RSS of every process, (5) on a GPU, the fraction of its peak the models reach, (6) the run report's
-time for a CIFAR-100 test set against predicting it, (7) `python -m job serve` under 1 and 8 concurrent clients
+consume images, (2b) data.name=folder: decoding photos into the cache against a plain Pillow loop, and the pipeline
+fed from the decoded shards, (3) checkpoint blocking time (local, gs:// on a local fake-gcs-server) and the start-up
+of a resumed run, (4) peak RSS of every process, (5) on a GPU, the fraction of its peak the models reach, (6) the run
+report's time for a CIFAR-100 test set against predicting it, (7) `python -m job serve` under 1 and 8 concurrent clients
 (requests/s, p50/p99 latency) and `python -m job predict` on many files against calling the model directly.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from bench.suite import Suite
 from bench.worker import ROOT
 
 RESULTS_DIR = ROOT / "bench" / "results"
-SECTIONS = ("training", "pipeline", "checkpoint", "report", "serving", "litert")
+SECTIONS = ("training", "pipeline", "folder", "checkpoint", "report", "serving", "litert")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             suite.run_section("(1) training loop vs Keras fit", suite.training)
         if "pipeline" in sections:
             suite.run_section("(2) input pipeline", suite.pipeline)
+        if "folder" in sections:
+            suite.run_section("(2b) data.name=folder: decoding and the shards", suite.folder)
         if "checkpoint" in sections:
             suite.run_section("(3) checkpoints and resume", suite.checkpoints)
         if "report" in sections:

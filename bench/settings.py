@@ -66,6 +66,11 @@ class Settings:
     gpu_steps_factor: int = 5  # GPU steps are short: more of them per trial
     epoch_images: int = 50_000  # a CIFAR training epoch
     # (6) the run report: a CIFAR-100 test set (10,000 images) and a 200-epoch history
+    # data.name=folder: photos decoded into the cache, and the pipeline fed from its shards (bench/folder_data.py)
+    folder_images: int = 2000
+    folder_pipeline_images: int = 20_000  # drained per pipeline trial (epochs of the folder's training images)
+    folder_preset: str = "cifar10_resnet20"
+    folder_overrides: tuple[str, ...] = ()
     report_preset: str = "cifar100_simple_cnn"
     report_examples: int = 10_000
     report_epochs: int = 200
@@ -115,6 +120,9 @@ TINY = Settings(
     mode="tiny",
     litert_cases=(("simple_cnn", "cifar10_simple_cnn"),),
     litert_images=10,
+    folder_images=24,
+    folder_pipeline_images=64,
+    folder_overrides=("train.batch_size=8",),
     report_examples=300,
     report_epochs=3,
     serving_trial_seconds=0.5,

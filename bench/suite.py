@@ -237,6 +237,39 @@ class Suite:
                 summarize(every), "img/s", f"{label} loop", rate, "img/s", ratio,
                 goal=f"≥ {s.pipeline_goal_ratio:.0f}×", met=judge(ratio, at_least=s.pipeline_goal_ratio)))
 
+    # ------------------------------------------------------------------------------ (2b) data.name=folder
+
+    def folder(self) -> None:
+        s = self.settings
+        (worker,) = self.start([("folder", "folder", {"images": s.folder_images, "preset": s.folder_preset,
+                                                      "overrides": list(s.folder_overrides),
+                                                      "pipeline_images": s.folder_pipeline_images})])
+        try:
+            pairs = [(worker, "job jpg"), (worker, "pillow jpg"), (worker, "job png"), (worker, "pillow png")]
+            self.warm_up(pairs + [(worker, "shards pipeline")])
+            results = self.measure(pairs, s.repeats)
+            results.update(self.measure([(worker, "shards pipeline")], s.repeats))
+        finally:
+            rss = {"folder": worker.close()}
+        info = worker.info
+        for ext in ("jpg", "png"):
+            job = [r["images_per_cpu_second"] for r in results[f"job {ext}"]]
+            plain = [r["images_per_cpu_second"] for r in results[f"pillow {ext}"]]
+            self.figures.append(Figure(
+                "folder", f"folder decode img per CPU-second, {ext.upper()} {info['crop'][0]}x{info['crop'][1]}: "
+                f"job (into the cache) vs a plain Pillow loop", summarize(job), "img/s", "Pillow open + RGB",
+                summarize(plain), "img/s", summarize(paired_ratios(job, plain)), peak_rss_mb=rss,
+                details={"results": {k: v for k, v in results.items() if ext in k}, "info": info}))
+        rate = summarize([r["images_per_second"] for r in results["shards pipeline"]])
+        loops = {k: v for k, v in self.loop_rates.items() if k == "resnet20"} or self.loop_rates
+        for label, consumed in loops.items():
+            ratio = ratio_of_unpaired(rate, consumed)
+            self.figures.append(Figure(
+                "folder", f"folder pipeline img/s from the shards, all {self.cores} cores vs what the {label} loop "
+                "consumes", rate, "img/s", f"{label} loop", consumed, "img/s", ratio,
+                goal=f"≥ {s.pipeline_goal_ratio:.0f}×", met=judge(ratio, at_least=s.pipeline_goal_ratio),
+                details={"results": results["shards pipeline"]}))
+
     # -------------------------------------------------------------------------------------- (6) the run report
 
     def report_page(self) -> None:

@@ -28,6 +28,7 @@ KINDS = {
     "loop": "bench.throughput:setup_loop",
     "fit": "bench.throughput:setup_fit",
     "pipeline": "bench.pipeline:setup_pipeline",
+    "folder": "bench.folder_data:setup_folder",
     "checkpoint": "bench.checkpoints:setup_checkpoint",
     "report": "bench.report_page:setup_report_page",
     "serving": "bench.serving:setup_serving",

@@ -23,7 +23,7 @@ from job.data import Splits
 from job.devices import resolve as resolve_for_device
 from job.distribute import Backend, make_backend
 from job.ema import WeightAverage
-from job.layout import CLASSES_FILE
+from job.layout import CLASSES_FILE, DATA_MANIFEST_FILE
 from job.metrics import best_metric
 from job.models.assembly import PREPROCESS_LAYER, build_full_model, is_transfer, set_phase
 from job.optim import make_optimizer
@@ -113,12 +113,14 @@ def build_run(cfg: Config, backend: Backend | None = None, writers: bool = True,
     backend = backend or make_backend(cfg)
     batches = plan_batches(cfg, backend.num_workers, backend.num_replicas)
     if splits is None:
-        splits = datalib.load_splits(cfg.data, cfg.train.seed)  # bad data fails before the run dir is touched
+        splits = datalib.load_splits(cfg.data, cfg.train.seed, run_dir=cfg.run_dir)  # bad data fails first
     run = RunDir.open(cfg.run_dir, cfg.run.work_dir, cfg.run.summary_flush_seconds, worker=backend.worker_index)
     check_run_config(run.storage, cfg)  # refuses a changed model/dataset before anything is written
     if backend.is_chief:
         store_run_config(run, cfg)
         run.write_json(CLASSES_FILE, {"classes": list(splits.class_names)})  # predict/serve need no dataset
+        if splits.record is not None:  # a folder dataset: which image went where; a resume checks it
+            run.write_json(DATA_MANIFEST_FILE, splits.record)
     steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size)
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -147,7 +149,7 @@ def build_for_evaluation(run: RunDir) -> RunParts:
     """The model of an existing run, on one device, with a checkpoint of the model alone (restore it with
     `checkpoint.read(prefix).expect_partial()`): built as for inference (job/weights.py), with the run's data."""
     cfg = configure(load_run_config(run.storage))
-    splits = datalib.load_splits(cfg.data, cfg.train.seed)
+    splits = datalib.load_splits(cfg.data, cfg.train.seed, run_dir=run.url)
     model = build_inference_model(cfg, splits.num_classes)
     ema = inference_average(model, cfg)
     steps_per_epoch = datalib.steps_per_epoch(len(splits.x_train), cfg.train.batch_size)

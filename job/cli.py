@@ -1,5 +1,5 @@
 """`python -m job` and the `job` console script: train, evaluate, report, compare, predict, serve, tune, status,
-presets, config, relay."""
+export-data, presets, config, relay."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "report.html now; train nothing")
     tune.add_argument("--no-results", action="store_true", help=argparse.SUPPRESS)  # the workers of --workers K
     tune.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the base config for every trial")
+
+    export_data = sub.add_parser("export-data", help="write a built-in dataset (digits, cifar10, cifar100) as PNG "
+                                                     "class folders for data.name=folder, its train/test split kept "
+                                                     "(no TensorFlow)")
+    export_data.add_argument("dataset", choices=("digits", "cifar10", "cifar100"), help="the dataset to write")
+    export_data.add_argument("out", metavar="OUT", help="a new or empty folder, or gs:// prefix")
+    export_data.add_argument("--data-dir", default="data", help="where the CIFAR archives are (default data)")
+    export_data.add_argument("--no-download", action="store_true", help="do not download a missing CIFAR archive")
 
     sub.add_parser("presets", help="list the bundled presets")
 
@@ -195,6 +203,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from job.train import train
 
         return train(cfg, splits=splits)
+    if args.command == "export-data":
+        from job.data.to_folder import export_dataset
+
+        export_dataset(args.dataset, args.out, args.data_dir, download=not args.no_download)
+        return 0
     if args.command == "relay":
         from job.relay import relay
 

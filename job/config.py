@@ -51,8 +51,8 @@ class MixConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "cifar100"  # cifar10 | cifar100 | digits | synthetic
-    dir: str = "data"  # where the official archives are (or are downloaded to)
+    name: str = "cifar100"  # cifar10 | cifar100 | digits | folder | synthetic
+    dir: str = "data"  # where the official archives are (or are downloaded to); folder: the image folder
     download: bool = True  # fetch the official archive when it is not in `dir`
     md5: str = ""  # expected MD5 of the archive; empty = the published MD5 of the official archive
     label_mode: str = "fine"  # CIFAR-100 only: fine (100 classes) | coarse (20 superclasses)
@@ -61,6 +61,14 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mix: MixConfig = field(default_factory=MixConfig)  # after augmentation; labels become soft (docs/recipes.md)
     synthetic_examples: int = 1024  # size of the synthetic training set; only with name=synthetic
+    image_size: int = 32  # side of the square images stored and taken by the model; other than 32: name=folder only
+    # name=folder only (README: Your own images):
+    test_split: float = 0.2  # share of each class drawn as the test set when data.dir has no test/ folder
+    split_seed: int = 0  # draws that test set (not train.seed: the test set stays put when the seed changes)
+    cache_dir: str = ""  # where the decoded images go (local or gs://); empty: decoded/ in the run directory
+    max_unreadable_fraction: float = 0.01  # share of the images that may fail to decode (skipped and listed)
+    max_pixels: int = 40_000_000  # an image with more pixels is refused
+    max_decoded_gb: float = 8.0  # the decoded images are held in memory: a larger folder is refused
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,12 @@ class Range(NamedTuple):
 RANGES = {
     "data.validation_split": Range(0, 1, "[)"),
     "data.synthetic_examples": Range(0, None, "()"),
+    "data.image_size": Range(8, 512),  # 32 for the built-in datasets: the dataset's check
+    "data.test_split": Range(0, 1, "()"),
+    "data.split_seed": Range(0, 2**32 - 1),
+    "data.max_unreadable_fraction": Range(0, 1, "[)"),
+    "data.max_pixels": Range(0, None, "()"),
+    "data.max_decoded_gb": Range(0, None, "()"),
     "data.augment.crop_padding": Range(0, None, "[)"),
     "data.augment.rotation_degrees": Range(0, 180),
     "data.augment.zoom": Range(0, 1, "[)"),
@@ -522,7 +536,7 @@ def _get_dotted(cfg: Any, key: str) -> Any:
 # Changing any of these would make a run's checkpoints mean something else: refused on resume.
 # (`train.batch_size` is here because the step counter, and so the data position, is counted in global batches.)
 RUN_IDENTITY_KEYS = ("model.", "data.name", "data.label_mode", "data.normalization", "data.validation_split",
-                     "train.batch_size")
+                     "data.image_size", "data.test_split", "data.split_seed", "train.batch_size")
 
 
 def resume_conflict(stored: dict[str, Any], cfg: Config) -> str | None:

@@ -178,7 +178,7 @@ def export_run(selection) -> None:
     if loaded.cfg.export.litert:  # before anything is written: the dataset may be missing
         from job.data import load_splits
 
-        splits = load_splits(loaded.cfg.data, loaded.cfg.train.seed)
+        splits = load_splits(loaded.cfg.data, loaded.cfg.train.seed, run_dir=selection.run_dir)
     run = RunDir.open(selection.run_dir)
     try:
         metrics = run.read_record(METRICS_FILE)

@@ -5,6 +5,8 @@ as much as the trainer does. Messages and templates may name the files in prose;
 
     config.yaml                  the run's effective config, written at the first start, checked at every resume
     classes.json                 the class names, in label order (predict and serve need no dataset)
+    data_manifest.json           data.name=folder: every image's split (or why it was skipped), the decoded cache
+    decoded/                     data.name=folder: the decoded images, when data.cache_dir is not set
     history.json                 per-epoch metrics and the record of every process start
     status.json                  where the run is now (`python -m job status`)
     checkpoints/                 TF checkpoint files, their commit objects, TF's state file (job/checkpoint.py)
@@ -18,6 +20,8 @@ as much as the trainer does. Messages and templates may name the files in prose;
 
 CONFIG_FILE = "config.yaml"
 CLASSES_FILE = "classes.json"  # in the run, and in export/ beside the exported model
+DATA_MANIFEST_FILE = "data_manifest.json"  # data.name=folder only (job/data/folder.py)
+DECODED_DIR = "decoded"  # data.name=folder: the default data.cache_dir (job/data/decoded.py)
 HISTORY_FILE = "history.json"
 STATUS_FILE = "status.json"
 

@@ -12,7 +12,9 @@ from job.storage import open_storage
 def check_training_start(cfg: Config) -> Splits:
     """The run's data, once it has been found, verified and read; raises a one-line UserError for a missing or damaged
     dataset, an unusable run directory or bucket, or a config that would change what the run's checkpoints mean."""
-    splits = load_splits(cfg.data, cfg.train.seed)  # first: a bad dataset leaves no run directory behind
+    # First: a bad dataset leaves no run directory behind. (A folder dataset is decoded here, into its cache, so every
+    # worker of a distributed run has its images before the collectives start: job/data/decoded.py.)
+    splits = load_splits(cfg.data, cfg.train.seed, run_dir=cfg.run_dir)
     storage = open_storage(cfg.run_dir)
     if storage.is_remote:
         storage.preflight()  # writes and deletes a small object

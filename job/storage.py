@@ -87,6 +87,11 @@ class Storage(abc.ABC):
         """Relative paths of every object whose path starts with `prefix` (a plain string prefix), sorted."""
 
     @abc.abstractmethod
+    def list_versions(self, prefix: str = "") -> list[tuple[str, int, str]]:
+        """(relative path, size in bytes, version) of every object under `prefix`, sorted: the version changes when
+        the object is rewritten (local: the modification time in ns; gs://: the stored CRC32C)."""
+
+    @abc.abstractmethod
     def read_bytes(self, relpath: str) -> bytes:
         """Raises FileNotFoundError if absent."""
 
@@ -166,6 +171,13 @@ class LocalStorage(Storage):
                 if rel.startswith(prefix):
                     found.append(rel)
         return sorted(found)
+
+    def list_versions(self, prefix: str = "") -> list[tuple[str, int, str]]:
+        found = []
+        for rel in self.list(prefix):
+            stat = (self.root / rel).stat()
+            found.append((rel, stat.st_size, str(stat.st_mtime_ns)))
+        return found
 
     def read_bytes(self, relpath: str) -> bytes:
         return self._path(relpath).read_bytes()
@@ -307,6 +319,13 @@ class GCSStorage(Storage):
         strip = len(self.base) + 1 if self.base else 0
         blobs = self.client.list_blobs(self.bucket_name, prefix=full, retry=self._retry, timeout=self._TIMEOUT)
         return sorted(b.name[strip:] for b in blobs if not b.name.endswith("/"))
+
+    def list_versions(self, prefix: str = "") -> list[tuple[str, int, str]]:
+        full = f"{self.base}/{prefix}" if self.base else prefix
+        strip = len(self.base) + 1 if self.base else 0
+        blobs = self.client.list_blobs(self.bucket_name, prefix=full, retry=self._retry, timeout=self._TIMEOUT)
+        return sorted((b.name[strip:], int(b.size or 0), b.crc32c or str(b.generation))
+                      for b in blobs if not b.name.endswith("/"))
 
     def read_bytes(self, relpath: str) -> bytes:
         from google.api_core.exceptions import NotFound

@@ -275,14 +275,13 @@ def build_inference_model(cfg: Config, num_classes: int):
 
     import keras
 
-    from job.data.splits import IMAGE_SHAPE
     from job.models import MODELS
     from job.models.assembly import build_full_model
 
     keras.mixed_precision.set_global_policy("float32")  # the checkpoint's float32 variables; exact on a CPU
     if MODELS[cfg.model.name].transfer:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights="none"))
-    return build_full_model(cfg, num_classes, IMAGE_SHAPE)
+    return build_full_model(cfg, num_classes, (cfg.data.image_size, cfg.data.image_size, 3))
 
 
 def run_classes(run, cfg: Config) -> list[str]:

@@ -1,5 +1,6 @@
 """The data layer: the datasets registry, CIFAR-10/100 archives (download, checksum, parsing), digits and synthetic
-sets, the tf.data pipelines with vectorized stateless augmentation, and the in-model preprocessing layer.
+sets, folders of the user's own images (folder.py) decoded once into a shared cache (decoded.py), the tf.data
+pipelines with vectorized stateless augmentation, and the in-model preprocessing layer.
 
 Importing this package does not import TensorFlow or Keras: config validation reads DATASETS before TensorFlow
 starts. The names that need TensorFlow are imported from their modules when first used.

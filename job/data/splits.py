@@ -19,7 +19,9 @@ from job.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from job.config import Config, DataConfig
 
-IMAGE_SHAPE = (32, 32, 3)  # every dataset is served at CIFAR's shape, so every model runs on every dataset
+IMAGE_SHAPE = (32, 32, 3)  # every built-in dataset is served at CIFAR's shape; a folder at data.image_size
+FOLDER_ONLY_KEYS = ("test_split", "split_seed", "cache_dir", "max_unreadable_fraction", "max_pixels",
+                    "max_decoded_gb")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 20151123  # fixed, so the digits test set never depends on train.seed
 
@@ -37,13 +39,15 @@ class Splits:
     # CIFAR-100 with label_mode=fine only (with coarse labels these are the labels themselves):
     coarse_names: list[str] | None = None
     fine_to_coarse: np.ndarray | None = None  # int32 (num_classes,), the superclass of each fine class
+    record: dict | None = None  # data.name=folder: what the run keeps as layout.DATA_MANIFEST_FILE (job/data/folder.py)
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """The dataset `cfg.name`, with `cfg.validation_split` of train held out (stratified, chosen by `seed`)."""
+def load_splits(cfg: DataConfig, seed: int, run_dir: str = "") -> Splits:
+    """The dataset `cfg.name`, with `cfg.validation_split` of train held out (stratified, chosen by `seed`). `run_dir`:
+    the run it is loaded for (data.name=folder keeps its decoded images there by default, and checks a resume)."""
     if cfg.name not in DATASETS:
         raise DataError(f"data.name={cfg.name!r} is unknown; use {', '.join(DATASETS)}")
-    splits = DATASETS[cfg.name].load(cfg, seed)
+    splits = DATASETS[cfg.name].load(cfg, seed, run_dir)
     if cfg.validation_split > 0:
         train, val = stratified_split(splits.y_train, cfg.validation_split, seed)
         if not len(train) or not len(val):
@@ -76,13 +80,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return kept, np.sort(held)
 
 
-def _cifar10(cfg: DataConfig, seed: int) -> Splits:
+def _cifar10(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     arrays = read_cifar10(fetch_archive(ARCHIVES["cifar10"], cfg.dir, cfg.download, cfg.md5))
     return Splits(arrays.x_train, arrays.y_train, None, None, arrays.x_test, arrays.y_test,
                   num_classes=DATASETS["cifar10"].num_classes["fine"], class_names=arrays.class_names)
 
 
-def _cifar100(cfg: DataConfig, seed: int) -> Splits:
+def _cifar100(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     path = fetch_archive(ARCHIVES["cifar100"], cfg.dir, cfg.download, cfg.md5)
     a = read_cifar100(path)
     num_classes = DATASETS["cifar100"].num_classes[cfg.label_mode]
@@ -95,7 +99,7 @@ def _cifar100(cfg: DataConfig, seed: int) -> Splits:
                   class_names=a.class_names, coarse_names=a.coarse_names, fine_to_coarse=mapping)
 
 
-def _digits(cfg: DataConfig, seed: int) -> Splits:
+def _digits(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     """scikit-learn's bundled 8x8 digits (values 0..16), as 32x32x3 uint8 so every model runs unchanged."""
     from sklearn.datasets import load_digits
 
@@ -114,11 +118,11 @@ NOISY_DIGITS_SIGMA = 70.0  # Gaussian pixel noise (of 255)
 NOISY_DIGITS_LABEL_NOISE = 0.2  # share of TRAINING labels replaced by a random other class; test labels stay true
 
 
-def _digits_noisy(cfg: DataConfig, seed: int) -> Splits:
+def _digits_noisy(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     """A learnable task that does not saturate, made here: the digits at half size (16x16), faint (contrast 0.25 to
     1), at a random place on a 32x32 canvas, under heavy Gaussian noise, with 20% of the training labels wrong; ~144
     training images per class. Generated from fixed seeds: the same images in every run, whatever train.seed."""
-    clean = _digits(cfg, seed)
+    clean = _digits(cfg, seed, run_dir)
     rng = np.random.default_rng([DIGITS_SPLIT_SEED, 0x0D16])
 
     def corrupt(images: np.ndarray) -> np.ndarray:
@@ -140,7 +144,13 @@ def _digits_noisy(cfg: DataConfig, seed: int) -> Splits:
                   class_names=clean.class_names)
 
 
-def _synthetic(cfg: DataConfig, seed: int) -> Splits:
+def _folder(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
+    from job.data.folder import load_folder
+
+    return load_folder(cfg, run_dir)
+
+
+def _synthetic(cfg: DataConfig, seed: int, run_dir: str) -> Splits:
     """Uniform random images and labels of CIFAR shape: for throughput tests and smoke runs, nothing to learn."""
     n, classes = cfg.synthetic_examples, DATASETS["synthetic"].num_classes["fine"]
     rng = np.random.default_rng([seed, 0x5A7])
@@ -158,7 +168,7 @@ class DatasetSpec:
     description: str
     num_classes: dict[str, int]  # data.label_mode -> number of classes; "fine" is every dataset's default
     offline: bool  # bundled or generated: never downloaded, so data.dir, data.download and data.md5 do not apply
-    load: Callable[[DataConfig, int], Splits]  # load(cfg.data, train.seed) -> all of train, and test
+    load: Callable[[DataConfig, int, str], Splits]  # load(cfg.data, train.seed, run dir) -> all of train, and test
 
     def check(self, cfg: Config) -> None:
         """Refuse settings this dataset cannot honour. Config validation calls it, before TensorFlow starts."""
@@ -174,9 +184,24 @@ class DatasetSpec:
         if self.name != "synthetic" and data.synthetic_examples != DataConfig.synthetic_examples:
             raise ConfigError(f"data.synthetic_examples={data.synthetic_examples} only applies to data.name=synthetic, "
                               f"not {self.name}; remove it")
-        if data.augment.cutout >= IMAGE_SHAPE[0]:
-            raise ConfigError(f"data.augment.cutout must be in [0, {IMAGE_SHAPE[0]}) (below the image side), "
-                              f"got {data.augment.cutout}")
+        if self.name != "folder" and data.image_size != IMAGE_SHAPE[0]:
+            raise ConfigError(f"data.image_size={data.image_size} is for data.name=folder; {self.name}'s images are "
+                              f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}: remove it")
+        if data.image_size != IMAGE_SHAPE[0] and data.normalization == "gcn_zca":
+            raise ConfigError(f"data.normalization=gcn_zca whitens with a matrix of (side x side x 3)^2 values, "
+                              f"{(3 * data.image_size ** 2) ** 2 * 4 / 1e6:,.0f} MB at data.image_size="
+                              f"{data.image_size}: it is for {IMAGE_SHAPE[0]} only; use standardize")
+        if self.name != "folder":
+            for key in FOLDER_ONLY_KEYS:
+                if getattr(data, key) != getattr(DataConfig, key):
+                    raise ConfigError(f"data.{key}={getattr(data, key)} only applies to data.name=folder, not "
+                                      f"{self.name}; remove it")
+        elif not data.dir.strip():
+            raise ConfigError("data.name=folder needs data.dir, the folder (local or gs://) holding a subfolder "
+                              "per class")
+        if data.augment.cutout >= data.image_size:
+            raise ConfigError(f"data.augment.cutout must be in [0, {data.image_size}) (below the image side, "
+                              f"data.image_size), got {data.augment.cutout}")
 
 
 _SPECS = [
@@ -189,6 +214,8 @@ _SPECS = [
     DatasetSpec("digits_noisy", "the digits made hard (made here, does not saturate): half size, faint, anywhere on "
                 "the canvas, heavy pixel noise, 20% wrong training labels", {"fine": 10}, offline=True,
                 load=_digits_noisy),
+    DatasetSpec("folder", "your own images: data.dir (local or gs://) holding a folder per class, or train/ and "
+                "test/ folders that do (README: Your own images)", {"fine": 0}, offline=True, load=_folder),
     DatasetSpec("synthetic", "uniform random images and labels (data.synthetic_examples of them): benchmarks and "
                 "smoke runs only, nothing to learn", {"fine": 10}, offline=True, load=_synthetic),
 ]
