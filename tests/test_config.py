@@ -199,7 +199,7 @@ def test_every_numeric_key_has_a_range():
     ("data.augment.rotation_degrees=181", "data.augment.rotation_degrees must be in [0, 180], got 181.0"),
     ("data.augment.crop_padding=-1", "data.augment.crop_padding must be >= 0, got -1"),
     ("data.augment.cutout=-2", "data.augment.cutout must be >= 0, got -2"),
-    ("data.augment.cutout=32", "data.augment.cutout must be in [0, 32) (below the image side), got 32"),
+    ("data.augment.cutout=32", "data.augment.cutout must be in [0, 32) (below the image side, data.image_size), got 32"),
     ("data.validation_split=1", "data.validation_split must be in [0, 1), got 1.0"),
     ("model.dropout=1", "model.dropout must be in [0, 1), got 1.0"),
     ("model.l2=-1e-4", "model.l2 must be >= 0, got -0.0001"),
