@@ -134,20 +134,24 @@ _V2_ERRORS = {status: {"model": ErrorResponse, "description": why} for status, w
     (413, "the request is over the size limit or has more images than --max-files"),
     (503, "the model is still loading"),
 )}
+# What the files must be (each is decoded by Pillow; other bytes get 422): the description says so to a fuzzer too
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "image/tiff")
 _MULTIPART_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"], "additionalProperties": False,
     "properties": {"files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
                              "description": "one or more image files (PNG, JPEG, WebP, BMP, GIF, TIFF), each sent as "
-                                            "a file part; any field name is accepted"}}}}}}}
+                                            "a file part; any field name is accepted"}}},
+    "encoding": {"files": {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}}}}}}
 
 
 _V2_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
     "name": {"type": "string", "enum": ["images"]},
     "datatype": {"type": "string", "enum": ["UINT8", "FP32"]},
-    "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4,
+    "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 4, "maxItems": 4,
               "description": "[n, S, S, 3]: n images of the model's input side S (GET /v2/models/NAME)"},
-    "data": {"type": "array", "description": "the n*S*S*3 pixel values in [0, 255], flat in row-major order or "
-                                             "nested"},
+    "data": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 255},
+             "description": "the n*S*S*3 pixel values in [0, 255], flat in row-major order; with the binary tensor "
+                            "data extension, none (the bytes follow the JSON)"},
     "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}}}}
 _V2_INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["inputs"], "properties": {
@@ -288,6 +292,20 @@ def create_app(slot: ModelSlot, limits: Limits | None = None, token: str | None 
         return JSONResponse(result, headers=headers)
 
     add_v2_routes(app, classifier, served_name, probabilities_of, limits, guarded, heavy)
+    described = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's description, plus, once the model is loaded, the one model name /v2/models/ serves."""
+        schema = described()
+        if slot.ready:
+            for path, operations in schema.get("paths", {}).items():
+                for operation in operations.values() if path.startswith("/v2/models/") else ():
+                    for parameter in operation.get("parameters", ()):
+                        if parameter.get("name") == "name" and parameter.get("in") == "path":
+                            parameter["schema"] = {"type": "string", "enum": [served_name()], "title": "Name"}
+        return schema
+
+    app.openapi = openapi
     return app
 
 

@@ -119,7 +119,10 @@ class MultipartReader:
     def _on_headers_finished(self) -> None:
         disposition = self._part.headers.get("content-disposition", b"")
         _, options = parse_options_header(disposition)
-        if b"filename" not in options:
+        declared_type = self._part.headers.get("content-type", b"").split(b";")[0].strip().lower()
+        # a part without a file name is still a file when it says it is one (some clients name only the field);
+        # a plain text field (`-F files=photo.png`, the @ forgotten) is not
+        if b"filename" not in options and declared_type in (b"", b"text/plain"):
             name = options.get(b"name", b"").decode("utf-8", "replace")[:80]
             self._fail(RequestError(400, f"form field {name!r} is not a file; send each image as a file, "
                                          f"e.g. curl -F files=@photo.png"))
@@ -128,7 +131,8 @@ class MultipartReader:
             self._fail(RequestError(413, f"more than {self.limits.max_files} files in one request; send at most "
                                          f"{self.limits.max_files} per request"))
             return
-        self._part.filename = clean_filename(options[b"filename"].decode("utf-8", "replace"))
+        raw_name = options.get(b"filename") or options.get(b"name", b"")
+        self._part.filename = clean_filename(raw_name.decode("utf-8", "replace"))
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._problem is None:

@@ -104,7 +104,7 @@ def _images(tensor: dict, binary: bytes, side: int, max_images: int) -> tuple[np
     if tensor.get("name") != INPUT_NAME:
         raise _bad(f"the input is named {str(tensor.get('name'))[:40]!r}; this model's one input is {INPUT_NAME!r}")
     datatype = tensor.get("datatype")
-    if datatype not in _DATATYPES:
+    if not isinstance(datatype, str) or datatype not in _DATATYPES:
         raise _bad(f"input datatype {str(datatype)[:20]!r} is not supported; send UINT8 or FP32 pixels in [0, 255]")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
