@@ -98,10 +98,12 @@ class Batcher:
             batch, size = [first], len(first.images)
             deadline = first.enqueued + self.max_wait_s
             while size < self.max_batch_size:
+                remaining = deadline - time.monotonic()
                 try:
-                    remaining = deadline - time.monotonic()
                     item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
+                    if remaining > 0:
+                        continue  # a timed wait may end a hair early: the wait is served in full
                     break
                 if item is None:
                     self._queue.put(None)  # stop after this batch
