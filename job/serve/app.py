@@ -157,7 +157,7 @@ _V2_INFER_BODY = {"requestBody": {"required": True, "content": {"application/jso
     "type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"},
         "inputs": {"type": "array", "items": _V2_TENSOR, "minItems": 1, "maxItems": 1},
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+        "outputs": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "enum": ["probabilities", "class_ids"]},
             "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
         "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}}}}}}}}
