@@ -14,7 +14,9 @@ A lone client pays up to max_wait_s per request for the chance of company. Direc
 queue, each request calls the model itself, one at a time (the model uses every core per call).
 
 `queue_seconds` is from the request entering the queue to its model call starting: the X-Queue-Ms header and the
-job_serve_queue_seconds metric. A failing model call fails every request of its batch with the same exception.
+job_serve_queue_seconds metric. A failing model call fails every request of its batch with the same exception. A
+request cancelled while it queues (its awaiting task cancelled) is dropped before its batch is formed; once in a
+batch it can no longer be cancelled, so the thread never sets the result of a cancelled future.
 """
 from __future__ import annotations
 
@@ -95,6 +97,8 @@ class Batcher:
             carried = None
             if first is None:
                 return
+            if not first.future.set_running_or_notify_cancel():
+                continue  # its request was cancelled while it queued (a client gone, a shutdown): no place for it
             batch, size = [first], len(first.images)
             deadline = first.enqueued + self.max_wait_s
             while size < self.max_batch_size:
@@ -111,6 +115,8 @@ class Batcher:
                 if size + len(item.images) > self.max_batch_size:
                     carried = item  # the next batch's first
                     break
+                if not item.future.set_running_or_notify_cancel():
+                    continue
                 batch.append(item)
                 size += len(item.images)
             self._call(batch)
