@@ -136,6 +136,13 @@ _V2_ERRORS = {status: {"model": ErrorResponse, "description": why} for status, w
 )}
 # What the files must be (each is decoded by Pillow; other bytes get 422): the description says so to a fuzzer too
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "image/tiff")
+_QUEUED = {200: {"description": "the answer", "headers": {QUEUE_HEADER: {
+    "description": "milliseconds this request's images waited for their model call (dynamic batching)",
+    "schema": {"type": "string"}}}}}
+# v2 answers are JSON, or JSON followed by raw tensor bytes when binary outputs were asked for
+_V2_ANSWER = {200: {**_QUEUED[200], "content": {"application/json": {"schema": {"type": "object"}},
+                                                "application/octet-stream": {"schema": {"type": "string",
+                                                                                        "format": "binary"}}}}}
 _MULTIPART_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"], "additionalProperties": False,
     "properties": {"files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
@@ -273,7 +280,7 @@ def create_app(slot: ModelSlot, limits: Limits | None = None, token: str | None 
         return {**info.to_dict(), "limits": limits.as_dict(), "batching": batching.as_dict()}
 
     @app.post("/v1/predict", summary="classify one or more uploaded images", response_model=PredictResponse,
-              response_model_exclude_none=True, dependencies=guarded, responses=errors,
+              response_model_exclude_none=True, dependencies=guarded, responses={**_QUEUED, **errors},
               openapi_extra=_MULTIPART_BODY)
     async def predict(request: Request,
                       top: Annotated[int, Query(ge=1, le=1000, description="how many classes per file (at most "
@@ -349,7 +356,8 @@ def add_v2_routes(app: FastAPI, classifier, served_name, probabilities_of, limit
         return {"name": name, "ready": True}
 
     @app.post("/v2/models/{name}/infer", summary="v2 inference: class probabilities and ids of [n, S, S, 3] pixels",
-              dependencies=guarded, responses=documented(400, 401, 404, 413, 503), openapi_extra=_V2_INFER_BODY)
+              dependencies=guarded, responses={**_V2_ANSWER, **documented(400, 401, 404, 413, 503)},
+              openapi_extra=_V2_INFER_BODY)
     async def v2_infer(name: str, request: Request) -> Response:
         model = named(name)
         body = await read_body(request, limits)
