@@ -1,9 +1,12 @@
 """(7) Serving: `python -m job serve` as a real process under load, and `python -m job predict` on many files.
 
-- Requests/s and p50/p99 latency of POST /v1/predict (one 32x32 PNG per request, keep-alive connections) with 1 and
-  with 8 concurrent clients (threads of the bench process, each with its own connection), against the same work done
-  in one warm process without HTTP: decode the PNG, predict, take the top-5 (job.inference.Classifier, as the server
-  does). Trials of a fixed duration, interleaved: in-process, 1 client, 8 clients, then the reverse, ...
+- For each of the settings' serving presets (ResNet-20, where the model is the cost, and simple_cnn, where HTTP and
+  decoding are): requests/s and p50/p99 latency of POST /v1/predict (one 32x32 PNG per request, keep-alive
+  connections) with 1 and with 8 concurrent clients (threads of the bench process, each with its own connection),
+  against two servers of the same model, dynamic batching on (the defaults) and off (--max-batch-wait-ms 0), both
+  running throughout; against the same work done in one warm process without HTTP (decode the PNG, predict, take the
+  top-5, as the server does); and the in-process batched predict rate (decoded images, CEILING_BATCH per call) as
+  the ceiling of what batching can reach. Trials of a fixed duration, interleaved: every side, then the reverse, ...
 - `python -m job predict --json` on N PNG files, from process start to exit, against a process that loads the exported
   model with job.models.load_model, decodes the same files and calls the model on them in batches of 64
   (`python -m bench.serving MODEL DIR`): what the command adds to calling the model directly.
@@ -34,6 +37,8 @@ from bench.worker import ROOT, Sides
 
 CLIENTS = (1, 8)
 BATCH = 64
+CEILING_BATCH = 32  # job serve's default --max-batch-size
+BATCHING = {"on": [], "off": ["--max-batch-wait-ms", "0"]}
 
 
 # ----------------------------------------------------------------------------------------------- the worker
@@ -77,7 +82,20 @@ def setup_serving(preset: str, folder: str, files: int, trial_seconds: float) ->
                 break
         return rates(latencies, time.perf_counter() - began, errors=0)
 
-    return Sides(trials={"in-process": direct},
+    batch = np.repeat(decode(request, classifier.image_size)[None], CEILING_BATCH, axis=0)
+
+    def batched() -> dict:
+        """predict on CEILING_BATCH decoded images per call, for trial_seconds: images/s (the ceiling)."""
+        calls, began = 0, time.perf_counter()
+        while True:
+            classifier.predict(batch)
+            calls += 1
+            if time.perf_counter() >= began + trial_seconds:
+                break
+        seconds = time.perf_counter() - began
+        return {"images_per_second": calls * CEILING_BATCH / seconds, "calls": calls, "seconds": seconds}
+
+    return Sides(trials={"in-process": direct, "in-process batched": batched},
                  info={"model": cfg.model.name, "model_file": str(model_file), "request_png": str(request_png),
                        "request_bytes": len(request), "files_dir": str(pictures), "files": files})
 
@@ -132,54 +150,74 @@ def load(port: int, body: bytes, content_type: str, clients: int, seconds: float
 # -------------------------------------------------------------------------------------------- the section
 def run_serving(suite) -> None:
     """Suite.serving: the figures of (7)."""
-    from tests.serve_server import ServeProcess, multipart
-
-    s = suite.settings
-    folder = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    folders: list[Path] = []
     try:
-        (worker,) = suite.start([("serving", "serving", {
-            "preset": s.serving_preset, "folder": str(folder), "files": s.predict_files,
-            "trial_seconds": s.serving_trial_seconds})])
-        info = worker.info
-        server = ServeProcess.start(["--model", info["model_file"]], log_path=suite.log_dir / "serve.log")
-        try:
-            server.wait_ready(timeout=600)
-            body, content_type = multipart([("request.png", Path(info["request_png"]).read_bytes())])
-            sides = {"in-process": lambda: worker.trial("in-process")}
-            for clients in CLIENTS:
-                sides[clients] = (lambda c=clients: load(server.port, body, content_type, c, s.serving_trial_seconds))
-            for _ in range(s.warmup):
-                for side in sides.values():
-                    side()
-            results: dict = {side: [] for side in sides}
-            order = list(sides)
-            for r in range(s.repeats):
-                for side in order if r % 2 == 0 else order[::-1]:
-                    results[side].append(sides[side]())
-            server_rss = _peak_rss_mb(server.process.pid)
-        finally:
-            server.stop()
-        rss = {"server": server_rss, "in-process": worker.close()}
-        serving_figures(suite, info, results, rss)
+        for preset in suite.settings.serving_presets:
+            folders.append(Path(tempfile.mkdtemp(prefix="bench-serving-")))
+            info = serve_preset(suite, preset, folders[-1])
         if importlib.util.find_spec("job.predict") is None:
             suite.notes.append("(7) predict on many files: skipped, python -m job predict does not exist here.")
         else:
-            predict_figure(suite, info)
+            predict_figure(suite, info)  # with the last preset's model and files
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def serve_preset(suite, preset: str, folder: Path) -> dict:
+    """One preset's serving figures; returns the worker's info (the model and files stay in `folder`)."""
+    from tests.serve_server import ServeProcess, multipart
+
+    s = suite.settings
+    (worker,) = suite.start([("serving", "serving", {
+        "preset": preset, "folder": str(folder), "files": s.predict_files,
+        "trial_seconds": s.serving_trial_seconds})])
+    info = worker.info
+    servers: dict = {}
+    try:
+        for mode, flags in BATCHING.items():  # one at a time: each has its port before the next picks a free one
+            servers[mode] = ServeProcess.start(["--model", info["model_file"], *flags],
+                                               log_path=suite.log_dir / f"serve-{info['model']}-batching-{mode}.log")
+            servers[mode].wait_listening(timeout=120)
+        for server in servers.values():
+            server.wait_ready(timeout=600)
+        body, content_type = multipart([("request.png", Path(info["request_png"]).read_bytes())])
+        sides = {"in-process": lambda: worker.trial("in-process"),
+                 "in-process batched": lambda: worker.trial("in-process batched")}
+        for mode, server in servers.items():
+            for clients in CLIENTS:
+                sides[mode, clients] = (lambda p=server.port, c=clients:
+                                        load(p, body, content_type, c, s.serving_trial_seconds))
+        for _ in range(s.warmup):
+            for side in sides.values():
+                side()
+        results: dict = {side: [] for side in sides}
+        order = list(sides)
+        for r in range(s.repeats):
+            for side in order if r % 2 == 0 else order[::-1]:
+                results[side].append(sides[side]())
+        server_rss = {mode: _peak_rss_mb(server.process.pid) for mode, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    rss = {"server (batching on)": server_rss["on"], "server (off)": server_rss["off"],
+           "in-process": worker.close()}
+    serving_figures(suite, info, results, rss)
+    return info
 
 
 def serving_figures(suite, info: dict, results: dict, rss: dict) -> None:
-    direct = results["in-process"]
-    one, many = results[CLIENTS[0]], results[CLIENTS[1]]
-    base = f"one {info['request_bytes']:,}-byte 32x32 PNG per request, {info['model']}"
+    direct, ceiling = results["in-process"], results["in-process batched"]
+    one, many = CLIENTS
+    model = info["model"]
+    base = f"one {info['request_bytes']:,}-byte 32x32 PNG per request, {model}"
 
     def series(trials: list[dict], key: str) -> list[float]:
         return [t[key] for t in trials]
 
     def figure(name: str, key: str, unit: str, value: list[dict], baseline_name: str, baseline: list[dict],
-               goal: str = "", met: str = "", peak: dict | None = None) -> None:
-        v, b = series(value, key), series(baseline, key)
+               goal: str = "", met: str = "", peak: dict | None = None, baseline_key: str | None = None) -> None:
+        v, b = series(value, key), series(baseline, baseline_key or key)
         ratio = summarize(paired_ratios(v, b))
         suite.figures.append(Figure(
             "serving", name, summarize(v), unit, baseline_name, summarize(b), unit, ratio, goal=goal,
@@ -187,16 +225,33 @@ def serving_figures(suite, info: dict, results: dict, rss: dict) -> None:
             details={"value": value, "baseline": baseline, "info": info}))
 
     in_process = "decode + predict in one process"
-    figure(f"serve req/s, 1 client ({base}): vs {in_process}", "requests_per_second", "req/s", one,
-           in_process, direct, goal="(what HTTP, multipart and JSON cost)", peak=rss)
-    figure(f"serve req/s, {CLIENTS[1]} clients: vs 1 client", "requests_per_second", "req/s", many, "1 client", one,
-           goal="≥ 1.0 (no loss under concurrency)", met=lambda r: judge(r, at_least=1.0))
-    figure(f"serve p50 latency ms, 1 client: vs {in_process}", "p50_ms", "ms", one, in_process, direct,
-           goal="(HTTP's share of a request)")
-    figure(f"serve p99 latency ms, 1 client: vs {in_process}", "p99_ms", "ms", one, in_process, direct)
-    figure(f"serve p50 latency ms, {CLIENTS[1]} clients: vs 1 client", "p50_ms", "ms", many, "1 client", one,
-           goal=f"(≈ {CLIENTS[1]} / the req/s gain: requests queue for the model)")
-    figure(f"serve p99 latency ms, {CLIENTS[1]} clients: vs 1 client", "p99_ms", "ms", many, "1 client", one)
+    on1, on8 = ("on", one), ("on", many)
+    figure(f"serve req/s, 1 client ({base}), batching on: vs {in_process}", "requests_per_second", "req/s",
+           results[on1], in_process, direct, goal="(what HTTP, multipart, JSON and the batch wait cost)", peak=rss)
+    if model == "resnet20":
+        goal, met = "≥ 3 (the model is the cost: batching shares it)", (lambda r: judge(r, at_least=3.0))
+    else:
+        goal, met = "(bound by HTTP and decoding on 2 cores, not the model)", ""
+    figure(f"serve req/s, {many} clients, batching on: vs 1 client ({model})", "requests_per_second", "req/s",
+           results[on8], "1 client", results[on1], goal=goal, met=met)
+    figure(f"serve req/s, {many} clients, batching off: vs 1 client ({model})", "requests_per_second", "req/s",
+           results["off", many], "1 client", results["off", one], goal="≥ 1.0 (no loss under concurrency)",
+           met=lambda r: judge(r, at_least=1.0))
+    figure(f"serve req/s, {many} clients: batching on vs off ({model})", "requests_per_second", "req/s",
+           results[on8], "batching off", results["off", many])
+    figure(f"serve req/s, {many} clients, batching on: vs the in-process batched predict rate, {CEILING_BATCH} "
+           f"per call ({model}; the ceiling)", "requests_per_second", "req/s", results[on8],
+           "in-process batched img/s", ceiling, baseline_key="images_per_second")
+    for mode in BATCHING:
+        for clients in CLIENTS:
+            for key in ("p50_ms", "p99_ms"):
+                label = f"serve {key[:3]} latency ms, {clients} client{'s' if clients > 1 else ''}, batching {mode}"
+                if clients == one:
+                    figure(f"{label}: vs {in_process} ({model})", key, "ms", results[mode, clients], in_process,
+                           direct, goal="(the wait a lone client pays)" if mode == "on" and key == "p50_ms" else "")
+                else:
+                    figure(f"{label}: vs 1 client ({model})", key, "ms", results[mode, clients], "1 client",
+                           results[mode, one])
 
 
 # ------------------------------------------------------------------------------------------ predict vs direct

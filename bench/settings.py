@@ -74,9 +74,10 @@ class Settings:
     report_preset: str = "cifar100_simple_cnn"
     report_examples: int = 10_000
     report_epochs: int = 200
-    # (7) serving: a freshly built model of this preset behind `python -m job serve`, trials of this many seconds per
-    # side (1 client, 8 clients, in-process); `python -m job predict` on this many PNG files, this many times per side
-    serving_preset: str = "cifar10_simple_cnn"
+    # (7) serving: a freshly built model of each preset behind `python -m job serve` (batching on and off), trials of
+    # this many seconds per side (1 client, 8 clients, in-process, in-process batched); `python -m job predict` (with
+    # the last preset's model) on this many PNG files, this many times per side
+    serving_presets: tuple[str, ...] = ("cifar10_resnet20", "cifar10_simple_cnn")
     serving_trial_seconds: float = 3.0
     predict_files: int = 1000
     predict_repeats: int = 2
@@ -125,6 +126,7 @@ TINY = Settings(
     folder_overrides=("train.batch_size=8",),
     report_examples=300,
     report_epochs=3,
+    serving_presets=("cifar10_simple_cnn",),
     serving_trial_seconds=0.5,
     predict_files=40,
     predict_repeats=1,

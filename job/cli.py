@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from job.cliargs import OneLineParser, port_number, positive_float, positive_int
+from job.cliargs import OneLineParser, non_negative_float, port_number, positive_float, positive_int
 from job.errors import EXIT_CRASH, UserError, first_line
 from job.relay import TARGETS as RELAY_TARGETS
 
@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                        help="most pixels per image, from its header before decoding (default 40,000,000, or "
                             "JOB_SERVE_MAX_PIXELS); more gets 413")
+    serve.add_argument("--max-batch-size", type=positive_int, default=None, metavar="N",
+                       help="most images per model call when concurrent requests are batched (default 32, or "
+                            "JOB_SERVE_MAX_BATCH_SIZE)")
+    serve.add_argument("--max-batch-wait-ms", type=non_negative_float, default=None, metavar="MS",
+                       help="how long a request may wait for others to share its model call (default 2, or "
+                            "JOB_SERVE_MAX_BATCH_WAIT_MS); 0 turns batching off")
+    serve.add_argument("--model-name", default=None, metavar="NAME",
+                       help="the model's name in /v2/models/NAME (default the architecture, e.g. resnet20, or "
+                            "JOB_SERVE_MODEL_NAME)")
+    serve.add_argument("--public-metrics", action="store_true",
+                       help="serve /metrics without the bearer token (for a scraper that has none; or "
+                            "JOB_SERVE_PUBLIC_METRICS=1)")
 
     from job.tune.registry import describe as tune_choices
 

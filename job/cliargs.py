@@ -33,6 +33,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number of at least 0 (0 turns something off, e.g. serve's --max-batch-wait-ms)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}; give a finite number (0 turns it off)")
+    return value
+
+
 def port_number(text: str) -> int:
     """A TCP port to listen on, 1-65535 (0, "any free port", would leave nobody knowing where to connect)."""
     try:
@@ -44,7 +55,7 @@ def port_number(text: str) -> int:
     return value
 
 
-VALIDATORS = (positive_int, positive_float, port_number)
+VALIDATORS = (positive_int, positive_float, non_negative_float, port_number)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -28,8 +28,11 @@ EXPECTED = {  # section -> phrases that each name exactly one of its figures
                    "resumed vs fresh start", "(the slower) vs one epoch",
                    # without a GPU: both against an epoch projected for one (bench/settings.py)
                    "local save vs one epoch on a GPU", "TF write vs one epoch on a GPU"],
-    "serving": ["serve req/s, 1 client", "serve req/s, 8 clients", "p50 latency ms, 1 client",
-                "p99 latency ms, 1 client", "p50 latency ms, 8 clients", "p99 latency ms, 8 clients",
+    "serving": ["serve req/s, 1 client (", "serve req/s, 8 clients, batching on: vs 1 client",
+                "serve req/s, 8 clients, batching off: vs 1 client", "serve req/s, 8 clients: batching on vs off",
+                "vs the in-process batched predict rate",
+                *(f"{p} latency ms, {c}, batching {mode}:" for p in ("p50", "p99") for c in ("1 client", "8 clients")
+                  for mode in ("on", "off")),
                 "predict CLI on 40 PNG files"],
     "litert": ["litert float ms per image, simple_cnn", "litert int8 ms per image, simple_cnn",
                "litert float file MB, simple_cnn: vs keras", "litert int8 file MB, simple_cnn: vs litert float"],

@@ -11,12 +11,13 @@ import sys
 import pytest
 
 from job.cli import build_parser
-from job.cliargs import VALIDATORS, port_number, positive_float, positive_int
+from job.cliargs import VALIDATORS, non_negative_float, port_number, positive_float, positive_int
 from trainer_runs import ROOT, trainer_env
 
 BAD_VALUES = {
     positive_int: ["0", "-3", "x", "2.5", "nan", ""],
     positive_float: ["0", "-1", "-0.5", "x", "nan", "inf", "-inf"],
+    non_negative_float: ["-1", "-0.5", "x", "nan", "inf", "-inf"],
     port_number: ["0", "-1", "65536", "x", "80.5"],
 }
 # What each subcommand needs besides the option under test, so the bad number is the only thing wrong.
@@ -70,7 +71,8 @@ def test_a_bad_number_is_one_line_and_exit_2_before_anything_runs(command, optio
 
 @pytest.mark.parametrize("kind, text, value", [
     (positive_int, "1", 1), (positive_int, "64", 64), (positive_float, "0.25", 0.25), (positive_float, "1e3", 1000.0),
-    (port_number, "1", 1), (port_number, "65535", 65535)])
+    (non_negative_float, "0", 0.0), (non_negative_float, "2.5", 2.5), (port_number, "1", 1),
+    (port_number, "65535", 65535)])
 def test_good_numbers_pass(kind, text, value):
     assert kind(text) == value
 

@@ -280,7 +280,8 @@ def run_without_validation(digits_run: Path, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing run dir", "not a run", "no checkpoint", "no best", "missing model",
-                                  "not a model", "zero files", "short token", "port in use"])
+                                  "not a model", "zero files", "short token", "port in use", "batch wait variable",
+                                  "batch size variable", "model name", "public metrics variable"])
 def test_bad_arguments_end_in_one_line_before_listening(case, digits_run, tmp_path):
     taken = socket.create_server(("127.0.0.1", 0))  # a port someone listens on
     port = taken.getsockname()[1] if case == "port in use" else free_loopback_ports(1)[0]
@@ -297,9 +298,14 @@ def test_bad_arguments_end_in_one_line_before_listening(case, digits_run, tmp_pa
         "zero files": (["--run-dir", str(digits_run), "--max-files", "0"], "--max-files must be positive"),
         "short token": (["--run-dir", str(digits_run)], "shorter than 8 characters"),
         "port in use": (["--run-dir", str(digits_run)], f"cannot listen on 127.0.0.1 port {port}"),
+        "batch wait variable": (["--run-dir", str(digits_run)], "JOB_SERVE_MAX_BATCH_WAIT_MS=-1 must be 0"),
+        "batch size variable": (["--run-dir", str(digits_run)], "JOB_SERVE_MAX_BATCH_SIZE='2.5' is not a whole"),
+        "model name": (["--run-dir", str(digits_run), "--model-name", "a/b"], "is not usable in a URL path"),
+        "public metrics variable": (["--run-dir", str(digits_run)], "JOB_SERVE_PUBLIC_METRICS='yes' is not 1 or 0"),
     }[case]
-    if case == "short token":
-        env[TOKEN_ENV] = "abc"
+    env.update({"short token": {TOKEN_ENV: "abc"}, "batch wait variable": {"JOB_SERVE_MAX_BATCH_WAIT_MS": "-1"},
+                "batch size variable": {"JOB_SERVE_MAX_BATCH_SIZE": "2.5"},
+                "public metrics variable": {"JOB_SERVE_PUBLIC_METRICS": "yes"}}.get(case, {}))
     with taken:
         done = run_job("serve", *args, "--port", str(port), timeout=120, env=env)
     assert done.returncode == 2, done.stderr

@@ -15,27 +15,35 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import threading
 import time
 
 from job.errors import UserError, first_line
+from job.serve.batcher import Batching
 from job.serve.uploads import Limits
 from job.weights import Selection, check
 
 log = logging.getLogger("job")
 
 TOKEN_ENV = "JOB_SERVE_TOKEN"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Tests only, inert unless set: a file path; the background load waits until that file exists, so a test sees the
 # server listening with the model not loaded yet (503 on /readyz) by construction, not by timing.
 TEST_HOLD_ENV = "JOB_SERVE_TEST_HOLD_LOAD"
 _LIMIT_ENVS = {"max_request_mb": "JOB_SERVE_MAX_REQUEST_MB", "max_files": "JOB_SERVE_MAX_FILES",
                "max_pixels": "JOB_SERVE_MAX_PIXELS"}
+BATCH_SIZE_ENV, BATCH_WAIT_ENV = "JOB_SERVE_MAX_BATCH_SIZE", "JOB_SERVE_MAX_BATCH_WAIT_MS"
+MODEL_NAME_ENV, PUBLIC_METRICS_ENV = "JOB_SERVE_MODEL_NAME", "JOB_SERVE_PUBLIC_METRICS"
 
 
 def main(args, selection: Selection) -> int:
     limits = resolve_limits(args)
+    batching = resolve_batching(args)
+    model_name = resolve_model_name(args)
+    metrics_public = resolve_public_metrics(args)
     token = resolve_token()
     check(selection)  # the cheap checks, before the port is opened (no TensorFlow)
     check_port(args.host, args.port)
@@ -48,7 +56,7 @@ def main(args, selection: Selection) -> int:
     from job.serve.app import ModelSlot, create_app
 
     slot = ModelSlot()
-    app = create_app(slot, limits, token)
+    app = create_app(slot, limits, token, batching, metrics_public=metrics_public, model_name=model_name)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, server_header=False,
                             timeout_graceful_shutdown=10, timeout_keep_alive=15)
     server = _server(config)
@@ -75,6 +83,8 @@ def main(args, selection: Selection) -> int:
         info = classifier.info
         log.info("ready: %s on %s (%d classes, %s) loaded in %.1f s; http://%s:%d/", info.model, info.dataset,
                  len(info.classes), info.weights, time.monotonic() - began, _display_host(args.host), args.port)
+        log.info("batching: %s", f"up to {batching.max_batch_size} images per model call, waiting at most "
+                                 f"{batching.max_wait_ms:g} ms" if batching.enabled else "off (a wait of 0)")
 
     server.on_listening = lambda: threading.Thread(target=load, name="load-model", daemon=True).start()
     server.run()
@@ -130,6 +140,49 @@ def resolve_limits(args) -> Limits:
             values[key] = given
     return Limits(max_request_bytes=int(values["max_request_mb"] * 1024 * 1024), max_files=int(values["max_files"]),
                   max_pixels=int(values["max_pixels"]))
+
+
+def resolve_batching(args) -> Batching:
+    """--max-batch-size and --max-batch-wait-ms, else their JOB_SERVE_* variables, else the defaults."""
+    default = Batching()
+    size = _flag_or_env(getattr(args, "max_batch_size", None), BATCH_SIZE_ENV, int, default.max_batch_size)
+    wait = _flag_or_env(getattr(args, "max_batch_wait_ms", None), BATCH_WAIT_ENV, float, default.max_wait_ms)
+    if size < 1:
+        raise UserError(f"{BATCH_SIZE_ENV}={size} must be at least 1; unset it or give e.g. {default.max_batch_size}")
+    if not 0 <= wait < math.inf:
+        raise UserError(f"{BATCH_WAIT_ENV}={wait:g} must be 0 (batching off) or more, and finite; unset it or give "
+                        f"e.g. {default.max_wait_ms:g}")
+    return Batching(max_batch_size=size, max_wait_ms=wait)
+
+
+def _flag_or_env(given, env: str, kind, default):
+    """The flag's value (argparse has checked it), else the variable's (checked by the caller), else the default."""
+    if given is not None:
+        return given
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise UserError(f"{env}={raw!r} is not a {'whole ' if kind is int else ''}number; unset it or give e.g. "
+                        f"{default:g}") from None
+
+
+def resolve_model_name(args) -> str | None:
+    """--model-name or JOB_SERVE_MODEL_NAME: the name in /v2/models/NAME (None: the model's architecture)."""
+    name = getattr(args, "model_name", None) or os.environ.get(MODEL_NAME_ENV, "").strip() or None
+    if name is not None and not _NAME.fullmatch(name):
+        raise UserError(f"model name {name[:80]!r} is not usable in a URL path; use letters, digits, '.', '_' "
+                        f"and '-' (at most 64), e.g. cifar10")
+    return name
+
+
+def resolve_public_metrics(args) -> bool:
+    raw = os.environ.get(PUBLIC_METRICS_ENV, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false"):
+        raise UserError(f"{PUBLIC_METRICS_ENV}={raw!r} is not 1 or 0; set 1 to serve /metrics without the token")
+    return bool(getattr(args, "public_metrics", False)) or raw in ("1", "true")
 
 
 def resolve_token() -> str | None:

@@ -119,7 +119,10 @@ class MultipartReader:
     def _on_headers_finished(self) -> None:
         disposition = self._part.headers.get("content-disposition", b"")
         _, options = parse_options_header(disposition)
-        if b"filename" not in options:
+        declared_type = self._part.headers.get("content-type", b"").split(b";")[0].strip().lower()
+        # a part without a file name is still a file when it says it is one (some clients name only the field);
+        # a plain text field (`-F files=photo.png`, the @ forgotten) is not
+        if b"filename" not in options and declared_type in (b"", b"text/plain"):
             name = options.get(b"name", b"").decode("utf-8", "replace")[:80]
             self._fail(RequestError(400, f"form field {name!r} is not a file; send each image as a file, "
                                          f"e.g. curl -F files=@photo.png"))
@@ -128,7 +131,8 @@ class MultipartReader:
             self._fail(RequestError(413, f"more than {self.limits.max_files} files in one request; send at most "
                                          f"{self.limits.max_files} per request"))
             return
-        self._part.filename = clean_filename(options[b"filename"].decode("utf-8", "replace"))
+        raw_name = options.get(b"filename") or options.get(b"name", b"")
+        self._part.filename = clean_filename(raw_name.decode("utf-8", "replace"))
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._problem is None:
@@ -168,28 +172,47 @@ class MultipartReader:
 
 async def read_uploads(request, limits: Limits) -> list[Upload]:
     """The files of a Starlette request's multipart body, read under `limits` (RequestError otherwise)."""
-    too_large = RequestError(413, f"the request is larger than the limit of {megabytes(limits.max_request_bytes)}; "
-                                  f"send fewer or smaller images per request", headers={"Connection": "close"})
+    _check_declared_length(request, limits)
+    reader = MultipartReader(request.headers.get("content-type"), limits)
+    await _read_chunks(request, limits, reader.feed)
+    return reader.finish()
+
+
+async def read_body(request, limits: Limits) -> bytes:
+    """A request's whole body (e.g. a v2 inference request), read under the byte and time limits."""
+    _check_declared_length(request, limits)
+    chunks: list[bytes] = []
+    await _read_chunks(request, limits, chunks.append)
+    return b"".join(chunks)
+
+
+def _too_large(limits: Limits) -> RequestError:
+    return RequestError(413, f"the request is larger than the limit of {megabytes(limits.max_request_bytes)}; "
+                             f"send fewer or smaller images per request", headers={"Connection": "close"})
+
+
+def _check_declared_length(request, limits: Limits) -> None:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
             raise RequestError(400, f"Content-Length {declared[:40]!r} is not a number")
         if int(declared) > limits.max_request_bytes:
-            raise too_large  # before reading a byte of it
-    reader = MultipartReader(request.headers.get("content-type"), limits)
+            raise _too_large(limits)  # before reading a byte of it
+
+
+async def _read_chunks(request, limits: Limits, feed) -> None:
+    """Each non-empty chunk of the body to `feed`, counted against the byte limit, all within the upload time."""
     received = 0
     try:
         with anyio.fail_after(limits.upload_seconds):
             async for chunk in request.stream():
                 received += len(chunk)
                 if received > limits.max_request_bytes:  # chunked uploads, or a Content-Length that lied
-                    raise too_large
+                    raise _too_large(limits)
                 if chunk:
-                    reader.feed(chunk)
+                    feed(chunk)
     except TimeoutError:
         raise RequestError(408, f"the upload took longer than {limits.upload_seconds:g} s",
                            headers={"Connection": "close"}) from None
     except ClientDisconnect:  # nobody reads the answer; this keeps the log to the access line
         raise RequestError(400, "the client disconnected during the upload") from None
-    return reader.finish()
-
