@@ -24,23 +24,21 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """A finite number above 0 (not nan, not inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}; give a finite number above 0")
-    return value
+    return _finite_float(text, allow_zero=False, fix="give a finite number above 0")
 
 
 def non_negative_float(text: str) -> float:
     """A finite number of at least 0 (0 turns something off, e.g. serve's --max-batch-wait-ms)."""
+    return _finite_float(text, allow_zero=True, fix="give a finite number (0 turns it off)")
+
+
+def _finite_float(text: str, allow_zero: bool, fix: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}; give a finite number (0 turns it off)")
+    if not (0 <= value if allow_zero else 0 < value) or not value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'positive'}, got {text!r}; {fix}")
     return value
 
 

@@ -10,6 +10,7 @@ http.client), for tests/test_serve.py, tests/test_serve_page.py and bench/servin
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,18 @@ class ServeProcess:
 
     def stop(self) -> None:
         stop_process(self.process, timeout=15)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+        """A server started, ready, yielded, stopped; it must have exited cleanly, with no traceback in its log."""
+        server = cls.start(args, log_path, env)
+        try:
+            server.wait_ready(timeout=300)
+            yield server
+        finally:
+            server.stop()
+        assert server.process.returncode == 0 and "Traceback" not in server.log(), server.log()[-3000:]
 
 
 # ------------------------------------------------------------------------------------------------- requests

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import threading
-from contextlib import contextmanager
 
 import pytest
 
@@ -28,16 +27,8 @@ TOLERANCE = 1e-5
 BAD = ("notes.png", b"a text file with an image's name\n")
 
 
-@contextmanager
 def serving(digits_run, tmp_path_factory, *flags: str):
-    server = ServeProcess.start(["--run-dir", str(digits_run), *flags],
-                                log_path=tmp_path_factory.mktemp("serve") / "log")
-    try:
-        server.wait_ready(timeout=300)
-        yield server
-    finally:
-        server.stop()
-    assert server.process.returncode == 0 and "Traceback" not in server.log(), server.log()[-3000:]
+    return ServeProcess.running(["--run-dir", str(digits_run), *flags], tmp_path_factory.mktemp("serve") / "log")
 
 
 @pytest.fixture(scope="module")

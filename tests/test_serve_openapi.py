@@ -34,14 +34,8 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404"]
 
 
 def serving(digits_run, folder: Path, env: dict):
-    server = ServeProcess.start(["--run-dir", str(digits_run), "--model-name", "digits"], log_path=folder / "log",
-                                env=env)
-    try:
-        server.wait_ready(timeout=300)
+    with ServeProcess.running(["--run-dir", str(digits_run), "--model-name", "digits"], folder / "log", env) as server:
         yield server
-    finally:
-        server.stop()
-    assert server.process.returncode == 0 and "Traceback" not in server.log(), server.log()[-3000:]
 
 
 @pytest.fixture(scope="module")

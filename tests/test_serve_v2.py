@@ -22,14 +22,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def server(digits_run, tmp_path_factory):
-    server = ServeProcess.start(["--run-dir", str(digits_run), "--model-name", NAME, "--max-files", str(MAX_FILES)],
-                                log_path=tmp_path_factory.mktemp("serve-v2") / "log", env={TOKEN_ENV: TOKEN})
-    try:
-        server.wait_ready(timeout=300)
+    with ServeProcess.running(["--run-dir", str(digits_run), "--model-name", NAME, "--max-files", str(MAX_FILES)],
+                              tmp_path_factory.mktemp("serve-v2") / "log", {TOKEN_ENV: TOKEN}) as server:
         yield server
-    finally:
-        server.stop()
-    assert server.process.returncode == 0 and "Traceback" not in server.log(), server.log()[-3000:]
 
 
 @pytest.fixture(scope="module")
