@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from job.inference import dataset_name
 from job.layout import (
+    CARD_MARKDOWN,
     CLASSES_FILE,
     EXPORT_DIR,
     H5_FILE,
@@ -41,7 +42,6 @@ from job.rundir import RunDir
 
 log = logging.getLogger("job")
 
-CARD_MARKDOWN = f"{EXPORT_DIR}/MODEL_CARD.md"
 SIGNATURES = ("serving_default", "serving_uint8")
 TFSERVING_VERSION = 1  # TF Serving serves the highest numeric folder under the model's
 PREPROCESSING = ("decode (PNG, JPEG, WebP, BMP, GIF first frame, TIFF), turn upright by EXIF, 8-bit RGB "

@@ -48,3 +48,4 @@ TFSERVING_DIR = f"{EXPORT_DIR}/tfserving"  # <model name>/<version>/: what TF Se
 LITERT_FILE = f"{EXPORT_DIR}/model.tflite"
 LITERT_INT8_FILE = f"{EXPORT_DIR}/model_int8.tflite"
 MODEL_CARD_FILE = "model_card.json"  # in export/
+CARD_MARKDOWN = f"{EXPORT_DIR}/MODEL_CARD.md"  # the model card for people

@@ -109,15 +109,15 @@ def load_space(path: str) -> Space:
                           "optim.lr: {low: 0.01, high: 0.4, log: true}")
     params = tuple(_param(str(key), spec, path) for key, spec in raw_params.items())
     space = Space(study=study, trials=0, sampler=sampler, pruner=pruner,
-                  seed=_number(tree, "seed", 0, int, 0, path), params=params,
-                  max_retries=_number(tree, "max_retries", 3, int, 0, path),
-                  heartbeat_seconds=_number(tree, "heartbeat_seconds", 30.0, float, 0.1, path),
-                  grace_seconds=_number(tree, "grace_seconds", 120.0, float, 0.1, path))
+                  seed=_space_value(tree, "seed", 0, int, 0, path), params=params,
+                  max_retries=_space_value(tree, "max_retries", 3, int, 0, path),
+                  heartbeat_seconds=_space_value(tree, "heartbeat_seconds", 30.0, float, 0.1, path),
+                  grace_seconds=_space_value(tree, "grace_seconds", 120.0, float, 0.1, path))
     if space.grace_seconds <= space.heartbeat_seconds:
         raise ConfigError(f"{path}: grace_seconds ({space.grace_seconds}) must be longer than heartbeat_seconds "
                           f"({space.heartbeat_seconds}), or every trial would be taken for dead")
     grid_size = len(space.grid()) if SAMPLERS[sampler].queues_grid else None
-    trials = _number(tree, "trials", grid_size, int, 1, path)
+    trials = _space_value(tree, "trials", grid_size, int, 1, path)
     if trials is None:
         raise ConfigError(f"{path}: trials is missing; say how many trials the study runs, e.g. trials: 12")
     if grid_size is not None and trials > grid_size:
@@ -146,7 +146,7 @@ def _choice(tree: dict, key: str, options: tuple, default: str, path) -> str:
     return value
 
 
-def _number(tree: dict, key: str, default, kind, minimum, path):
+def _space_value(tree: dict, key: str, default, kind, minimum, path):
     value = tree.get(key, default)
     if value is None:
         return None
