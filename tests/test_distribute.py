@@ -313,7 +313,7 @@ TRAIN_ARGS = ["train", "--config", "digits_resnet20", "model.name=mlp", "model.d
               "data.augment.crop_padding=0", "data.augment.flip=false", "train.epochs=1", "train.max_steps_per_epoch=6",
               "train.batch_size=16",
               "optim.schedule=constant", "optim.warmup_epochs=0", "run.progress=false",
-              f"distribute.collective_timeout_seconds={RELAXED_TIMEOUT}"]
+              f"distribute.collective_timeout_seconds={RELAXED_TIMEOUT}", "export.litert=false"]
 
 
 # The two-process runs take 4 steps per call (5 after the first, alone), the one-process reference one: both the

@@ -46,7 +46,7 @@ TOTAL_STEPS = STEPS_PER_EPOCH * EPOCHS
 JOB_ARGS = ["--config", "digits_resnet20", "model.name=mlp", f"train.epochs={EPOCHS}",
             f"train.max_steps_per_epoch={STEPS_PER_EPOCH}", "train.batch_size=16", f"checkpoint.every_steps={EVERY}",
             "checkpoint.keep=2", "train.deterministic=true", "run.progress=false",
-            "distribute.collective_timeout_seconds=120"]
+            "distribute.collective_timeout_seconds=120", "export.litert=false"]
 STRACE = shutil.which("strace")  # tests/tools/install.sh installs it (Debian's package)
 # Everything that can create, change or remove a file or folder (open/openat only count with a write flag).
 WRITE_SYSCALLS = ("open,openat,openat2,creat,truncate,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat,rmdir,"
@@ -210,8 +210,8 @@ def _assert_one_writers_files(run_dir: Path, chief_starts: int) -> None:
             match = EVENT_FILE.fullmatch(base)
             assert match, f"{name}: not a TensorBoard event file"
             event_pids.setdefault(folder, set()).add(match["pid"])
-        elif folder.startswith("export/saved_model"):
-            continue  # the SavedModel's own layout (saved_model.pb, variables/, assets/, fingerprint.pb)
+        elif folder.startswith(("export/saved_model", "export/tfserving/")):
+            continue  # a SavedModel's own layout (saved_model.pb, variables/, assets/, fingerprint.pb)
         elif folder == "logs/trainer":
             match = TRAINER_LOG.fullmatch(base)
             assert match, f"{name}: not a trainer log (job/runlog.py)"
