@@ -146,7 +146,7 @@ def _run_all(commands_envs: list[tuple[list[str], dict]], logs: list[Path], time
 
 
 TWO_WORKERS = [*TINY[:2], "model.name=simple_cnn", "train.epochs=1", "train.max_steps_per_epoch=6",
-               "train.batch_size=32", "distribute.collective_timeout_seconds=120"]
+               "train.batch_size=32", "distribute.collective_timeout_seconds=120", "export.litert=false"]
 
 
 def _assert_decoded_once(run_dir: Path, text: str) -> None:
