@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="hyperparameter search (Optuna): trials are ordinary runs in the study dir",
                           epilog=tune_choices(), formatter_class=argparse.RawDescriptionHelpFormatter)
     tune.add_argument("--config", default="", help="the base config: preset name or YAML path (required to start)")
-    tune.add_argument("--space", required=True, help="the search space YAML (see the README's tuning section)")
+    tune.add_argument("--space", required=True, help="the search space YAML (see docs/tuning.md)")
     tune.add_argument("--study-dir", default="", help="where the trial runs and results go (local or gs://; "
                                                       "default runs/tune-<study>)")
     tune.add_argument("--storage", default="", help="the study database URL, e.g. postgresql+psycopg://user@host/db "

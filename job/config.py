@@ -62,7 +62,7 @@ class DataConfig:
     mix: MixConfig = field(default_factory=MixConfig)  # after augmentation; labels become soft (docs/recipes.md)
     synthetic_examples: int = 1024  # size of the synthetic training set; only with name=synthetic
     image_size: int = 32  # side of the square images stored and taken by the model; other than 32: name=folder only
-    # name=folder only (README: Your own images):
+    # name=folder only (docs/own-images.md):
     test_split: float = 0.2  # share of each class drawn as the test set when data.dir has no test/ folder
     split_seed: int = 0  # draws that test set (not train.seed: the test set stays put when the seed changes)
     cache_dir: str = ""  # where the decoded images go (local or gs://); empty: decoded/ in the run directory

@@ -1,6 +1,6 @@
 """Any image file -> the model's input: uint8 (H, W, 3) at the size the run was trained on.
 
-The recipe (the README's "What predict does to an image"): decode with Pillow (PNG, JPEG, WebP, BMP, TIFF, the first
+The recipe (docs/serving.md, "What predict does to an image"): decode with Pillow (PNG, JPEG, WebP, BMP, TIFF, the first
 frame of a GIF or an animated WebP), turn it as its EXIF orientation says, bring every mode to 8-bit RGB (16-bit and
 32-bit grayscale scaled from their full range, palette and transparency composited on white), crop the centre square,
 and resize it to the model's side with Pillow's antialiased Lanczos filter. CIFAR's images are whole objects, roughly

@@ -99,6 +99,9 @@ def check(selection: Selection) -> None:
             return _check_prefix(selection.checkpoint)
         if selection.checkpoint == BEST and not _has_validation(storage):
             raise no_best(run_dir)
+        if selection.trained and not _averages_weights(storage):
+            raise UserError(f"--trained-weights: {run_dir} keeps no averaged weights (train.ema_decay=0), so its "
+                            f"weights are the trained ones already; drop --trained-weights")
         if not committed_steps(storage):
             raise no_checkpoint(run_dir)
     except UserError:
@@ -121,6 +124,13 @@ def _has_validation(storage) -> bool:
 
     tree = stored_config(storage) or {}
     return bool((tree.get("data") or {}).get("validation_split"))
+
+
+def _averages_weights(storage) -> bool:
+    from job.runconfig import stored_config
+
+    tree = stored_config(storage) or {}
+    return bool((tree.get("train") or {}).get("ema_decay"))
 
 
 def choose(store: CheckpointStore, selection: Selection) -> Committed:

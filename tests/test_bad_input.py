@@ -1,6 +1,6 @@
 """Every bad input: one line on stderr naming the problem and the fix, a non-zero exit, nothing written or deleted.
 Problems a training start can detect (config, data, storage) are reported before TensorFlow is imported, so that line
-is all the terminal shows, with TensorFlow's log level as a user has it (README "Command line", job/preflight.py)."""
+is all the terminal shows, with TensorFlow's log level as a user has it (docs/runs.md "Commands", job/preflight.py)."""
 import gzip
 import hashlib
 import io

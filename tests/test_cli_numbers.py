@@ -1,7 +1,7 @@
 """Every numeric option of every subcommand refuses zero, negative, non-numeric, nan and inf values in one line on
 stderr with exit 2, printing nothing else and importing no TensorFlow. The options are found by walking the parser,
 so a numeric option added later is covered (or fails test_every_numeric_option_has_a_validator).
-README.md (exit codes): "`2` bad input (one line on stderr says what and how to fix it ...)"."""
+docs/runs.md (exit codes): "`2` bad input (one line on stderr says what and how to fix it ...)"."""
 from __future__ import annotations
 
 import argparse

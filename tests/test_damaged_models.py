@@ -56,7 +56,7 @@ def test_the_export_records_each_model_file_checksum(digits_run):
 
 
 # Not tried: a flipped byte in an .h5 without its card. HDF5 has no checksum of its own: only the card's SHA-256
-# catches a changed weight byte (README, "Exports"), so that file loads.
+# catches a changed weight byte (docs/serving.md, "Exports"), so that file loads.
 CASES = [pytest.param(name, how, card, id=f"{'card' if card else 'no card'}-{how}-{name}")
          for card in (True, False) for how in DAMAGES for name in ("model.keras", "model.h5")
          if (name, how, card) != ("model.h5", "flipped", False)]
@@ -141,7 +141,7 @@ def test_every_checkpoint_damaged_is_one_line_everywhere(digits_run, image, tmp_
         assert "Traceback" not in result.stderr
     server = ServeProcess.start(["--run-dir", str(run)], log_path=tmp_path / "serve.log")
     try:
-        code = server.process.wait(timeout=300)  # README: a load that fails ends the process (Kubernetes restarts it)
+        code = server.process.wait(timeout=300)  # docs/serving.md: a load that fails ends the process (Kubernetes restarts it)
     finally:
         server.stop()
     failures = [line for line in server.log().splitlines() if "could not load the model" in line]

@@ -1,5 +1,5 @@
 """data.name=folder without TensorFlow: layouts, the split, the decoded cache and its lock, and every bad input
-(README: "Your own images")."""
+(docs/own-images.md)."""
 import json
 import logging
 import shutil
@@ -308,7 +308,7 @@ def test_an_image_over_the_pixel_limit_is_refused(tmp_path):
 
 
 def test_a_folder_over_the_memory_limit_is_refused_before_decoding(tmp_path):
-    # 20 images at 32x32x3 = 61,440 bytes decoded (README: Limits)
+    # 20 images at 32x32x3 = 61,440 bytes decoded (docs/own-images.md: Limits)
     message = refused(class_folders(tmp_path / "d"), tmp_path, "data.max_decoded_gb=0.00005",
                       match="20 images at 32x32 take 61.4 kB decoded, over data.max_decoded_gb=5e-05")
     assert "streaming from the shards is not implemented yet" in message

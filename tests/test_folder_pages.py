@@ -1,5 +1,5 @@
 """A folder run with the user's own class names, through everything that shows them: the report in Chromium, `predict`,
-and the `serve` page in Chromium (README: "Your own images")."""
+and the `serve` page in Chromium (docs/own-images.md)."""
 import json
 import shutil
 from pathlib import Path

@@ -1,5 +1,5 @@
 """End to end on a folder of real images nobody here drew: scikit-learn's digits, written as PNG class folders by
-`python -m job export-data`, trained by the real CLI as a process (README: "Your own images")."""
+`python -m job export-data`, trained by the real CLI as a process (docs/own-images.md)."""
 import json
 import os
 import subprocess

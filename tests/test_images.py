@@ -1,5 +1,5 @@
 """job/images.py: every common format and mode, at any size and orientation, becomes the model's uint8 (S, S, 3) the
-way the README states; what cannot be classified is refused in one line. No TensorFlow here."""
+way docs/serving.md states; what cannot be classified is refused in one line. No TensorFlow here."""
 from __future__ import annotations
 
 import io
@@ -144,7 +144,7 @@ print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
 
 
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
-    """README (predict, serve --max-pixels): the pixel count is checked from the header before anything is decoded.
+    """docs/serving.md (predict, serve --max-pixels): the pixel count is checked from the header before anything is decoded.
     A 2.6 MB RGB PNG of 30,000 x 30,000 pixels, whose decode needs 2.7 GB of rows (3.6 GB as Pillow's RGB)."""
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(rgb_png_bomb(30_000))

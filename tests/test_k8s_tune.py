@@ -537,7 +537,7 @@ def test_rehearsal_pods_are_the_worker_template_with_only_the_listed_changes(doc
 
 
 def test_the_cluster_searches_the_readmes_example_space(command):
-    """The ConfigMap's space is spaces/cifar10_resnet20_lr_wd.yaml, the README's worked example (one search, two
+    """The ConfigMap's space is spaces/cifar10_resnet20_lr_wd.yaml, docs/tuning.md's worked example (one search, two
     places: they must not drift apart)."""
     from job.tune.space import load_space
 

@@ -1,4 +1,4 @@
-"""The LiteRT exports (job/litert.py; README "Serving options", docs/serving.md): export/model.tflite (float) and
+"""The LiteRT exports (job/litert.py; docs/serving.md): export/model.tflite (float) and
 export/model_int8.tflite (full-integer int8) of the trained digits run, on its whole test set, against the Keras model;
 `predict --model` and `serve --model` take them; a damaged .tflite is one line; export.litert=false writes none."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """status, compare, evaluate and report given runs that are not what they expect (issue 22): runs that never trained,
 runs of other label sets, runs in a bucket, paths that are no run. Small run directories are written by hand (a run
-as `train` starts it is its config.yaml; status.json is the trainer's record, README "Status from anywhere")."""
+as `train` starts it is its config.yaml; status.json is the trainer's record, docs/runs.md "Status from anywhere")."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,7 @@ def one_error_line(result) -> str:
 
 # ------------------------------------------------------------------------------------------------------- status
 def test_status_of_a_run_that_never_started_training(tmp_path):
-    """README: an error before training starts leaves no record; status says so, exit 0 (it is an answer)."""
+    """docs/runs.md: an error before training starts leaves no record; status says so, exit 0 (it is an answer)."""
     run = write_run(tmp_path / "run")
     shown = run_job("status", str(run), timeout=60)
     assert shown.returncode == 0 and shown.stderr == "", shown

@@ -4,7 +4,7 @@ the one a lone request got for the same image (every class's probability within 
 that is not an image: it alone fails (422, naming the file), and the requests around it are unaffected. Bounded: 48
 images, 24 concurrent requests, 127.0.0.1 only. That server batches as by default (job/serve/batcher.py).
 
-Dynamic batching (issue 25; README "Dynamic batching"), each made to happen by construction, not by timing:
+Dynamic batching (issue 25; docs/serving.md "Dynamic batching"), each made to happen by construction, not by timing:
 - gathered: a server whose batch is exactly the images of GATHERED concurrent requests and whose wait is far longer
   than any test, so its first model call holds all of them (the metrics say one call of that many images); every
   answer equals a batching-off server's (1e-5); a request with a bad file beside them fails alone and, being refused

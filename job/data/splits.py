@@ -215,7 +215,7 @@ _SPECS = [
                 "the canvas, heavy pixel noise, 20% wrong training labels", {"fine": 10}, offline=True,
                 load=_digits_noisy),
     DatasetSpec("folder", "your own images: data.dir (local or gs://) holding a folder per class, or train/ and "
-                "test/ folders that do (README: Your own images)", {"fine": 0}, offline=True, load=_folder),
+                "test/ folders that do (docs/own-images.md)", {"fine": 0}, offline=True, load=_folder),
     DatasetSpec("synthetic", "uniform random images and labels (data.synthetic_examples of them): benchmarks and "
                 "smoke runs only, nothing to learn", {"fine": 10}, offline=True, load=_synthetic),
 ]

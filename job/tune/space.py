@@ -81,7 +81,7 @@ def load_space(path: str) -> Space:
     try:
         tree = yaml.safe_load(file.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"--space {path} does not exist; give a YAML file (the README's tuning section has one)"
+        raise ConfigError(f"--space {path} does not exist; give a YAML file (docs/tuning.md has one)"
                           ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--space {path} cannot be read ({e}); give a UTF-8 YAML file") from None
