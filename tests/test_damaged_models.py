@@ -141,7 +141,8 @@ def test_every_checkpoint_damaged_is_one_line_everywhere(digits_run, image, tmp_
         assert "Traceback" not in result.stderr
     server = ServeProcess.start(["--run-dir", str(run)], log_path=tmp_path / "serve.log")
     try:
-        code = server.process.wait(timeout=300)  # docs/serving.md: a load that fails ends the process (Kubernetes restarts it)
+        # docs/serving.md: a load that fails ends the process (Kubernetes restarts it)
+        code = server.process.wait(timeout=300)
     finally:
         server.stop()
     failures = [line for line in server.log().splitlines() if "could not load the model" in line]

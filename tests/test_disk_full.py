@@ -1,4 +1,5 @@
-"""The disk of a run filling up during a checkpoint save (docs/runs.md, "Exit codes"): a real tmpfs as the run directory,
+"""The disk of a run filling up during a checkpoint save (docs/runs.md, "Exit codes"): a real tmpfs as the run
+directory,
 a filler file that leaves room for one and a half checkpoints of the model (measured, not guessed), so the second save
 is the one that fails."""
 import os

@@ -144,7 +144,8 @@ print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
 
 
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
-    """docs/serving.md (predict, serve --max-pixels): the pixel count is checked from the header before anything is decoded.
+    """docs/serving.md (predict, serve --max-pixels): the pixel count is checked from the header before anything is
+    decoded.
     A 2.6 MB RGB PNG of 30,000 x 30,000 pixels, whose decode needs 2.7 GB of rows (3.6 GB as Pillow's RGB)."""
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(rgb_png_bomb(30_000))

@@ -1,4 +1,5 @@
-"""Mixup and CutMix in the train pipeline (job/data/mix.py; docs/configuration.md "Recipes"): the stated convex combinations, the
+"""Mixup and CutMix in the train pipeline (job/data/mix.py; docs/configuration.md "Recipes"): the stated convex
+combinations, the
 same global batch on any number of workers, and the range checks of data.mix.*."""
 from __future__ import annotations
 

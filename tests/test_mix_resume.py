@@ -1,5 +1,6 @@
 """Exact resume with mixup and CutMix on: a run killed with kill -9 mid-epoch and resumed ends with the weights of an
-uninterrupted run (docs/configuration.md "Recipes": mixing is drawn from (seed, epoch, batch) like the rest of augmentation)."""
+uninterrupted run (docs/configuration.md "Recipes": mixing is drawn from (seed, epoch, batch) like the rest of
+augmentation)."""
 import numpy as np
 import pytest
 

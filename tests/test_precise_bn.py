@@ -1,4 +1,5 @@
-"""BatchNorm recalibration (job/precise_bn.py, docs/configuration.md "Recipes"): the recomputed statistics are the population
+"""BatchNorm recalibration (job/precise_bn.py, docs/configuration.md "Recipes"): the recomputed statistics are the
+population
 statistics of each layer's input over the K calibration batches, on one process and summed over two workers; frozen
 layers keep theirs; a short run validates far above chance with it and near chance without."""
 from __future__ import annotations

@@ -118,7 +118,8 @@ def run_measuring_peak_memory(*args: str, timeout: float = 300) -> tuple[subproc
 
 
 def test_a_decompression_bomb_is_one_line_and_exit_2_without_being_decoded(digits_run, tmp_path):
-    """docs/serving.md: an image claiming more than --max-pixels is refused from its header. Decoding this 2.6 MB PNG would
+    """docs/serving.md: an image claiming more than --max-pixels is refused from its header. Decoding this 2.6 MB PNG
+    would
     take 3.6 GB (10 GB of peak RSS measured, decoding it without the check)."""
     (tmp_path / "bomb.png").write_bytes(rgb_png_bomb(30_000))
     result, peak_mb = run_measuring_peak_memory("predict", "--run-dir", str(digits_run), str(tmp_path / "bomb.png"))

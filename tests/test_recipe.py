@@ -1,4 +1,5 @@
-"""The fast preset's pieces (docs/configuration.md "Recipes"): the triangular schedule, the `digits_noisy` task made to not
+"""The fast preset's pieces (docs/configuration.md "Recipes"): the triangular schedule, the `digits_noisy` task made
+to not
 saturate, the preset itself, and the TTA key's YAML spelling."""
 from __future__ import annotations
 

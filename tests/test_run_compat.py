@@ -73,7 +73,8 @@ print(json.dumps({"top1": float((logits.argmax(1) == splits.y_test).mean()), "sh
 
 
 def test_the_export_of_a_real_run_loads_in_a_fresh_process_and_is_the_trained_model(tmp_path):
-    # docs/serving.md: job.models.load_model("runs/x/export/model.keras"); it once failed in a fresh process with "Could not
+    # docs/serving.md: job.models.load_model("runs/x/export/model.keras"); it once failed in a fresh process with
+    # "Could not
     # locate class 'Preprocess'" (the preprocessing layer's module was never imported there).
     import subprocess
     import sys

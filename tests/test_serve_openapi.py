@@ -1,4 +1,5 @@
-"""The published OpenAPI description of `python -m job serve` says what the server does (issue 25; docs/serving.md "HTTP API"):
+"""The published OpenAPI description of `python -m job serve` says what the server does (issue 25; docs/serving.md
+"HTTP API"):
 schemathesis (pinned in requirements-dev.txt) runs all its checks, every phase, against a real server without a
 token and one with a token, and must report no failure. Bounded: a fixed seed, --max-examples and --max-time, the
 CLI as a subprocess with a deadline; 127.0.0.1 only.

@@ -1,6 +1,7 @@
 """The Open Inference Protocol (v2 REST) of `python -m job serve`, spoken by a real client library: Triton's
 tritonclient.http.InferenceServerClient (pinned in requirements-dev.txt) against a real server process with a token
-and a --model-name, as KServe would run it (docs/serving.md "Open Inference Protocol"). Every answer is compared with the
+and a --model-name, as KServe would run it (docs/serving.md "Open Inference Protocol"). Every answer is compared with
+the
 server's own /v1/predict for the same image; every error must be the protocol's {"error": "..."} with the status the
 docs/serving.md states. Also /metrics: behind the token unless --public-metrics."""
 from __future__ import annotations

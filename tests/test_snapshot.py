@@ -50,7 +50,8 @@ def _object_graph(prefix: str) -> TrackableObjectGraph:
     ("cifar100_vgg16_transfer", ("model.weights=none",)),  # a frozen backbone
 ])
 def test_a_snapshot_writes_the_files_checkpoint_write_writes_and_reads_back(tmp_path, preset, overrides):
-    """docs/runs.md "Checkpoint saves": byte for byte the files of tf.train.Checkpoint.write. What a reader sees is compared
+    """docs/runs.md "Checkpoint saves": byte for byte the files of tf.train.Checkpoint.write. What a reader sees is
+    compared
     first (it names what differs), then the bytes."""
     parts = _parts(tmp_path, preset, *overrides)
     ckpt = parts.checkpoint

@@ -296,7 +296,8 @@ def test_close_with_the_server_down_past_the_timeout_names_what_was_not_stored(g
     assert caught.value.exit_code == 1, "an outage is worth retrying: the pod's exit must not fail the Job at once"
 
 
-# ------------------------------------------------------------------------- the working copy of a remote run (docs/runs.md)
+# ------------------------------------------------------------------------- the working copy of a remote run
+# (docs/runs.md)
 
 @pytest.fixture
 def temp_dir(tmp_path, monkeypatch):

@@ -98,7 +98,8 @@ def test_kill_minus_nine_with_weight_ema_then_resume_ends_with_the_same_raw_and_
 
 
 def test_a_run_with_weight_ema_exports_predicts_and_serves_the_averaged_weights(tmp_path, straight_ema_run):
-    """docs/configuration.md "Recipes": with train.ema_decay, `best`, `latest` and the exports use the averaged weights unless
+    """docs/configuration.md "Recipes": with train.ema_decay, `best`, `latest` and the exports use the averaged
+    weights unless
     --trained-weights says otherwise."""
     from job.inference import Classifier
     from job.models import load_model
