@@ -40,7 +40,7 @@ class Recorder(Hook):
                 "best_val_top1": state.best_val_top1, "epochs_without_improvement": state.epochs_without_improvement,
                 "train": dict(state.train) if state.train else None,
                 "validation": dict(state.validation) if state.validation else None,
-                "saved_step": state.saved_step, "outcome": state.outcome,
+                "saved_step": state.saved_step, "blocking_seconds": state.blocking_seconds, "outcome": state.outcome,
                 "evaluated": state.evaluation is not None, "has_batch": state.batch is not None}
         self.lines.append(line)
 

@@ -117,9 +117,9 @@ def test_sigterm_while_a_checkpoint_is_written_in_the_background_commits_it_and_
     assert step > 10 and 10 in committed_steps(run), committed_steps(run)
     events = [json.loads(line) for line in (tmp_path / "events" / "events-0.jsonl").read_text().splitlines()]
     saves = [e for e in events if e["event"] == "checkpoint_saved"]
-    assert saves[-1]["saved"] == step
-    waiter = next(e for e in saves if e["saved"] > 10)  # the save after ckpt-10 is the one that waited
-    assert waiter["blocking"] >= waited - 0.005  # its blocking time includes the wait (logged to 0.01 s)
+    assert saves[-1]["saved_step"] == step
+    waiter = next(e for e in saves if e["saved_step"] > 10)  # the save after ckpt-10 is the one that waited
+    assert waiter["blocking_seconds"] >= waited - 0.005  # its blocking time includes the wait (logged to 0.01 s)
 
     again = run_job(*resume_args(text, step), f"run.dir={run}")
     assert again.returncode == 0, again.stderr[-3000:]
