@@ -15,7 +15,7 @@ from postgres_server import PostgresServer
 from test_tune import TRIAL_ARGS, load, write_space
 from trainer_runs import ROOT, job_command, run_job, trainer_env, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a trial, an outage, then the whole study again
 
 
 @pytest.fixture

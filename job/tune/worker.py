@@ -51,7 +51,8 @@ class TrialReport(Hook):
         if not validation:
             return None
         patiently(lambda: self.trial.report(float(validation[metric]), step=epoch), "reporting an epoch")
-        if (state.run.is_chief and self.pruned_at is None
+        last = epoch + 1 >= state.run.total_epochs  # nothing left to save: the trial completes
+        if (state.run.is_chief and self.pruned_at is None and not last
                 and patiently(self.trial.should_prune, "asking the pruner")):
             self.pruned_at = epoch
             log.info("trial %d pruned after epoch %d (validation top-1 %.4f is below the median of earlier trials)",
