@@ -28,9 +28,12 @@ def own_postgres():
         server.stop()
 
 
-def start_held_worker(tmp_path: Path, url: str, **env: str) -> tuple[subprocess.Popen, list[str], Path, Path]:
-    """A tune worker whose first trial holds after its committed checkpoint at step 4 until the file `go` exists."""
-    space = write_space(tmp_path, study="outage", sampler="grid", params={"optim.lr": {"choices": [0.01, 0.02]}})
+def start_held_worker(tmp_path: Path, url: str, staleness: dict | None = None,
+                      **env: str) -> tuple[subprocess.Popen, list[str], Path, Path]:
+    """A tune worker whose first trial holds after its committed checkpoint at step 4 until the file `go` exists.
+    `staleness`: the space's heartbeat and grace (default: a trial never goes stale)."""
+    space = write_space(tmp_path, **({"staleness": staleness} if staleness else {}), study="outage", sampler="grid",
+                        params={"optim.lr": {"choices": [0.01, 0.02]}})
     tune_args = ["--config", "digits_resnet20", "--space", str(space), "--study-dir", str(tmp_path / "study"),
                  "--storage", url, "train.epochs=2", *TRIAL_ARGS]
     log, go = tmp_path / "worker.log", tmp_path / "go"
@@ -74,7 +77,10 @@ def test_a_worker_waits_out_a_database_restart_mid_trial(own_postgres, tmp_path)
 
 def test_a_worker_stops_with_one_line_after_the_bound_and_the_same_command_finishes(own_postgres, tmp_path):
     url = own_postgres.create_database("outage")
-    worker, tune_args, log, go = start_held_worker(tmp_path, url, JOB_TUNE_DATABASE_WAIT_SECONDS="3")
+    # The stopped worker's trial must go stale for the second command to retry it: a grace that expires (15 s, so a
+    # heartbeat late on 2 loaded cores is not taken for a dead worker).
+    worker, tune_args, log, go = start_held_worker(tmp_path, url, {"heartbeat_seconds": 1, "grace_seconds": 15},
+                                                   JOB_TUNE_DATABASE_WAIT_SECONDS="3")
     try:
         own_postgres.stop(remove=False)
         go.touch()
