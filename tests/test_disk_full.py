@@ -1,7 +1,6 @@
 """The disk of a run filling up during a checkpoint save (docs/runs.md, "Exit codes"): a real tmpfs as the run
-directory,
-a filler file that leaves room for one and a half checkpoints of the model (measured, not guessed), so the second save
-is the one that fails."""
+directory, a filler file that leaves room for one and a half checkpoints of the model (measured, not guessed), so
+the second save is the one that fails."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

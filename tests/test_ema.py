@@ -1,6 +1,5 @@
 """Weight EMA (job/ema.py, docs/configuration.md "Recipes"): the averages follow the closed form step by step,
-starting from the
-initial weights, and the loop swaps them in and out without touching the trained weights."""
+starting from the initial weights, and the loop swaps them in and out without touching the trained weights."""
 from __future__ import annotations
 
 import numpy as np

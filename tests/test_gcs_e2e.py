@@ -154,8 +154,7 @@ def test_kill_minus_nine_wipe_the_disk_and_resume_from_the_bucket(gcs_server, gc
 
 def test_a_killed_trainers_working_copy_is_reused_and_a_finished_one_leaves_none(gcs_server, gcs_bucket, tmp_path):
     """No run.work_dir (docs/runs.md, "working copy"): the trainer's copy is a fixed folder under $TMPDIR/job-runs,
-    which a
-    kill -9 leaves behind, the next start reuses, and the end of the run removes."""
+    which a kill -9 leaves behind, the next start reuses, and the end of the run removes."""
     url, temp_dir = gcs_bucket + "/run", tmp_path / "tmp"
     temp_dir.mkdir()
     command = ["train", *TINY, f"run.dir={url}"]

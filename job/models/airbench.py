@@ -4,8 +4,7 @@ BatchNorm, GELU) of 64, 256 and 256 filters, a 3x3 max-pool, and a bias-free lin
 
 As airbench: BatchNorm has no learned scale (Keras `scale=False`, airbench freezes its weight at 1), a small epsilon
 and momentum 0.6 in PyTorch's convention (0.4 in Keras'). Not ported (docs/configuration.md, "Recipes"): the stem's
-initialisation
-by whitening 2x2 patches of the training images (a builder sees the config, not the data), the identity
+initialisation by whitening 2x2 patches of the training images (a builder sees the config, not the data), the identity
 initialisation of the second conv of each group, and the 64x learning rate of the BatchNorm biases (one optimizer, one
 learning rate here). About 1.97M parameters with 10 classes.
 """
