@@ -57,5 +57,18 @@ def setup_report_page(preset: str, examples: int, epochs: int) -> Sides:
                              weights="final")
         return {"seconds": time.perf_counter() - began, "bytes": len(html)}
 
-    return Sides(trials={"predict": predict, "report": page},
+    def end_of_run(passes: int):
+        """The end of a run: the final evaluation predicts the test set, the report is rendered from those logits
+        (one pass, job/train.py since the third wave) or after predicting the test set again (two passes, before)."""
+        def trial() -> dict:
+            began = time.perf_counter()
+            for _ in range(passes):
+                predict_logits(model, splits.x_test, cfg.train.eval_batch_size)
+            render_report(str(run), LocalStorage(run), cfg, model, splits, logits, step=steps * epochs,
+                          weights="final")
+            return {"seconds": time.perf_counter() - began}
+        return trial
+
+    return Sides(trials={"predict": predict, "report": page, "end_one_pass": end_of_run(1),
+                         "end_two_passes": end_of_run(2)},
                  info={"model": cfg.model.name, "examples": examples, "classes": 100, "epochs": epochs})

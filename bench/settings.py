@@ -74,6 +74,8 @@ class Settings:
     report_preset: str = "cifar100_simple_cnn"
     report_examples: int = 10_000
     report_epochs: int = 200
+    # the end of a run with one prediction pass vs two: four more page renders per trial, too slow for the tiny run
+    report_end_of_run: bool = True
     # (7) serving: a freshly built model of each preset behind `python -m job serve` (batching on and off), trials of
     # this many seconds per side (1 client, 8 clients, in-process, in-process batched); `python -m job predict` (with
     # the last preset's model) on this many PNG files, this many times per side
@@ -126,6 +128,7 @@ TINY = Settings(
     folder_overrides=("train.batch_size=8",),
     report_examples=300,
     report_epochs=3,
+    report_end_of_run=False,
     serving_presets=("cifar10_simple_cnn",),
     serving_trial_seconds=0.5,
     predict_files=40,

@@ -278,6 +278,8 @@ class Suite:
                                                       "epochs": s.report_epochs})])
         try:
             sides = [(worker, "report"), (worker, "predict")]
+            if s.report_end_of_run:
+                sides += [(worker, "end_one_pass"), (worker, "end_two_passes")]
             self.warm_up(sides)
             results = self.measure(sides, s.repeats)
         finally:
@@ -291,6 +293,16 @@ class Suite:
             "predicting the test set", summarize(predict), "s", summarize(paired_ratios(page, predict)),
             goal="seconds, not minutes", met=judge(summarize(page), at_most=60.0), peak_rss_mb=rss,
             details={"results": results, "info": info}))
+        if not s.report_end_of_run:
+            return
+        one = [r["seconds"] for r in results["end_one_pass"]]
+        two = [r["seconds"] for r in results["end_two_passes"]]
+        self.figures.append(Figure(
+            "report", f"end of a run: final evaluation and report sharing one prediction pass over the "
+            f"{info['examples']:,} test images vs predicting them again for the report ({info['model']})",
+            summarize(one), "s", "two prediction passes", summarize(two), "s", summarize(paired_ratios(one, two)),
+            goal="< 1.0", met=judge(summarize(paired_ratios(one, two)), at_most=1.0), peak_rss_mb=rss,
+            details={"one_pass": one, "two_passes": two}))
 
     # ------------------------------------------------------------------------------- (7) serving and predict
 
