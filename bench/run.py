@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def start_gcs():
     """fake-gcs-server on 127.0.0.1 through the test suite's helper (tests/gcs_server.py); None if not installed."""
     try:
-        from tests.gcs_server import GcsServer
+        from tests.support.gcs_server import GcsServer
     except ImportError:
         return None
     server = GcsServer()

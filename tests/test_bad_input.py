@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from trainer_runs import run_job, user_env
+from tests.support.trainer_runs import run_job, user_env
 
 TINY = ["train.epochs=1", "train.batch_size=16", "train.max_steps_per_epoch=2"]
 
@@ -91,7 +91,7 @@ def rewrite_member(archive, name, content):
 
 @pytest.mark.parametrize("damage", ["md5", "truncated", "not_a_tar", "not_a_pickle"])
 def test_corrupted_archive(tmp_path, damage):
-    from cifar_archives import write_cifar100_archive
+    from tests.support.cifar_archives import write_cifar100_archive
 
     data = tmp_path / "data"
     md5 = write_cifar100_archive(data, n_train=40, n_test=20)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from child_io import ChildLines
-from ckpt_kill_writer import make_checkpoint, set_state  # test helpers: pytest.ini puts tests/ on the path
-from gcs_proxy import GcsProxy
+from tests.support.child_io import ChildLines
+from tests.support.ckpt_kill_writer import make_checkpoint, set_state  # test helpers: pytest.ini puts tests/ on the path
+from tests.support.gcs_proxy import GcsProxy
 from job.checkpoint import CheckpointStore
 from job.errors import UserError
 from job.rundir import RunDir
@@ -254,10 +254,10 @@ def test_killed_at_random_moments_a_fresh_store_always_resumes(gcs_server, gcs_b
     trials = 24
     rng = random.Random(20240601)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **gcs_server.env()}
-    writers = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ckpt_kill_writer.py"))],
+    writers = subprocess.Popen([sys.executable, "-m", "tests.support.ckpt_kill_writer"], cwd=ROOT,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
 
-    lines = ChildLines(writers, "the writer fork server (tests/ckpt_kill_writer.py)")
+    lines = ChildLines(writers, "the writer fork server (tests/support/ckpt_kill_writer.py)")
 
     def ask(line: str) -> str:
         return lines.ask(line, 60, f"its answer to {line.split()[0]!r}")

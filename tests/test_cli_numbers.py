@@ -12,7 +12,7 @@ import pytest
 
 from job.cli import build_parser
 from job.cliargs import VALIDATORS, non_negative_float, port_number, positive_float, positive_int
-from trainer_runs import ROOT, trainer_env
+from tests.support.trainer_runs import ROOT, trainer_env
 
 BAD_VALUES = {
     positive_int: ["0", "-3", "x", "2.5", "nan", ""],

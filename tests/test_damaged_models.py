@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_server import ServeProcess, digit_images, get, png_bytes
-from trainer_runs import committed_steps, free_loopback_ports, run_job
+from tests.support.serve_server import ServeProcess, digit_images, get, png_bytes
+from tests.support.trainer_runs import committed_steps, free_loopback_ports, run_job
 
 DAMAGES = ("truncated", "flipped")
 

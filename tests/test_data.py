@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cifar_archives import (  # noqa: E402
+from tests.support.cifar_archives import (  # noqa: E402
     CIFAR10_CLASSES,
     CIFAR100_COARSE,
     CIFAR100_FINE,

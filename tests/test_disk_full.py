@@ -14,7 +14,7 @@ import pytest
 from job.checkpoint import CheckpointStore
 from job.errors import DiskFullError
 from job.rundir import RunDir
-from trainer_runs import run_job
+from tests.support.trainer_runs import run_job
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """Distributed backends: version table, cluster discovery, and real two-process runs on 127.0.0.1 (CPU).
 
 Two kinds of process tests:
-  - tests/dist_train.py, a minimal custom loop written only against the Backend interface, on two workers: identical
+  - tests/support/dist_train.py, a minimal custom loop written only against the Backend interface, on two workers: identical
     weights from different initial values, disjoint shards covering the data, all_reduce_sum; then one worker is
     lost and the other must exit with EXIT_PEER_LOST within PEER_LOSS_DEADLINE seconds instead of hanging;
   - the real trainer (`python -m job train`) on two workers with global batch 2b must end with the checkpoint and
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer_runs import free_loopback_ports
+from tests.support.trainer_runs import free_loopback_ports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,7 +33,6 @@ from job.distribute.versions import check_version_combo, check_versions  # noqa:
 from job.errors import EXIT_PEER_LOST, ConfigError, UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "tests" / "dist_train.py"
 GLOBAL_BATCH = 8  # two workers x 4; dist_train.py has 32 examples, so 4 steps are one full epoch
 STEPS = 4
 # distribute.collective_timeout_seconds of the peer-loss runs. It also bounds start-up (Horovod's rendezvous waits
@@ -182,11 +181,11 @@ def _wait_for_file(path: Path, procs: list[subprocess.Popen], logs: list[Path], 
         time.sleep(0.2)
 
 
-# --- the Backend contract, then losing a peer, with tests/dist_train.py -----------------------------------------
+# --- the Backend contract, then losing a peer, with tests/support/dist_train.py -----------------------------------------
 
 
 def _dist_train(backend: str, out: Path) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--backend", backend, "--global-batch", str(GLOBAL_BATCH),
+    return [sys.executable, "-m", "tests.support.dist_train", "--backend", backend, "--global-batch", str(GLOBAL_BATCH),
             "--steps", str(STEPS), "--until-peer-lost", "--timeout", str(COLLECTIVE_TIMEOUT), "--out", str(out)]
 
 

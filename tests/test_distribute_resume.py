@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer_runs import committed_prefix, committed_steps, free_loopback_ports
+from tests.support.trainer_runs import committed_prefix, committed_steps, free_loopback_ports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -404,7 +404,7 @@ def test_a_hook_on_the_chief_that_asks_to_stop_stops_both_workers_after_the_same
     if backend == "horovod" and not shutil.which("horovodrun", path=str(Path(sys.executable).parent)):
         pytest.skip("horovod is not installed; run docker/build-horovod.sh")
     run_dir, events = tmp_path / "run", tmp_path / "events"
-    command = [sys.executable, str(REPO / "tests" / "hooked_train.py"), "--events", str(events), "--stop-at-step",
+    command = [sys.executable, "-m", "tests.support.hooked_train", "--events", str(events), "--stop-at-step",
                "5", "--", *JOB_ARGS, f"run.dir={run_dir}", f"distribute.backend={backend}"]
     if backend == "multiworker":
         Workers(tmp_path, "hook").start(command, _multiworker_envs()).wait_ok()

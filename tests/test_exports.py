@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from sample_images import digit_images
-from trainer_runs import trainer_env
+from tests.support.sample_images import digit_images
+from tests.support.trainer_runs import trainer_env
 
 # A fresh process per export: nothing of the project is imported before the loader runs.
 LOADERS = {

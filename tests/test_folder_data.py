@@ -19,7 +19,7 @@ from job.data.folder import list_folder
 from job.data.to_folder import export_dataset
 from job.errors import DataError, UserError
 from job.layout import DATA_MANIFEST_FILE
-from trainer_runs import run_job
+from tests.support.trainer_runs import run_job
 
 
 def write_png(path: Path, seed: int, size: int = 40) -> Path:

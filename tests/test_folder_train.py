@@ -11,7 +11,7 @@ import pytest
 
 from job.storage import open_storage
 from test_train import final_variables
-from trainer_runs import free_loopback_ports, kill_hard, run_job, start_job, trainer_env, wait_for
+from tests.support.trainer_runs import free_loopback_ports, kill_hard, run_job, start_job, trainer_env, wait_for
 
 pytestmark = pytest.mark.slow
 

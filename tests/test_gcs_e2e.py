@@ -22,15 +22,15 @@ import tensorflow as tf
 
 # tests/ is on sys.path, and the fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_durable_server) come from
 # tests/gcs_server.py through conftest.py.
-from child_io import ChildLines
-from ckpt_kill_writer import make_checkpoint, set_state
-from gcs_proxy import GcsProxy
+from tests.support.child_io import ChildLines
+from tests.support.ckpt_kill_writer import make_checkpoint, set_state
+from tests.support.gcs_proxy import GcsProxy
 from job.checkpoint import CheckpointStore
 from job.errors import UserError
 from job.rundir import RunDir
 from job.storage import open_storage
 from job.workcopy import folder_name
-from trainer_runs import kill_hard, run_job, start_job, trainer_env, user_env, wait_for
+from tests.support.trainer_runs import ROOT, kill_hard, run_job, start_job, trainer_env, user_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
@@ -254,11 +254,11 @@ def test_killed_at_random_moments_every_start_resumes_from_a_verified_checkpoint
     args = ["--config", "digits_resnet20", "model.name=simple_cnn", "train.epochs=100", "train.max_steps_per_epoch=20",
             "train.batch_size=32", "checkpoint.every_steps=2", "checkpoint.keep=2", "run.progress=false",
             "run.summary_flush_seconds=0.5", f"run.dir={url}"]
-    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("trainer_fork_server.py")), "train", *args],
+    server = subprocess.Popen([sys.executable, "-m", "tests.support.trainer_fork_server", "train", *args], cwd=ROOT,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env=trainer_env(**gcs_server.env()))
 
-    lines = ChildLines(server, "the trainer fork server (tests/trainer_fork_server.py)")
+    lines = ChildLines(server, "the trainer fork server (tests/support/trainer_fork_server.py)")
 
     def ask(line: str) -> str:
         return lines.ask(line, 60, f"its answer to {line.split()[0]!r}")

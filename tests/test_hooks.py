@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from trainer_runs import ROOT, committed_steps, trainer_env
+from tests.support.trainer_runs import ROOT, committed_steps, trainer_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
@@ -19,7 +19,7 @@ ARGS = ["--config", "digits_resnet20", "model.name=mlp", "train.epochs=2", "trai
 
 def hooked_run(tmp_path, *extra: str, args=ARGS) -> tuple[subprocess.CompletedProcess, list[dict]]:
     events = tmp_path / "events"
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "hooked_train.py"), "--events", str(events),
+    result = subprocess.run([sys.executable, "-m", "tests.support.hooked_train", "--events", str(events),
                              *extra, "--", *args, f"run.dir={tmp_path / 'run'}"],
                             cwd=ROOT, env=trainer_env(), capture_output=True, text=True, timeout=600)
     lines = (events / "events-0.jsonl").read_text().splitlines() if (events / "events-0.jsonl").exists() else []

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from job.images import ImageError, TooManyPixelsError, decode
-from sample_images import encode, png_bomb, rgb_png_bomb, truncated_png
+from tests.support.sample_images import encode, png_bomb, rgb_png_bomb, truncated_png
 
 ROOT = Path(__file__).resolve().parent.parent
 

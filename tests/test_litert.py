@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from serve_server import ServeProcess, digit_images, png_bytes, post_files
-from trainer_runs import run_job
+from tests.support.serve_server import ServeProcess, digit_images, png_bytes, post_files
+from tests.support.trainer_runs import run_job
 
 FLOAT, INT8 = "model.tflite", "model_int8.tflite"
 
@@ -126,7 +126,7 @@ def test_serve_takes_a_litert_file(digits_run, tmp_path):
 
 @pytest.mark.parametrize("with_card", [True, False], ids=["card", "no card"])
 def test_a_truncated_litert_file_is_one_line_and_exit_2(digits_run, tmp_path, with_card):
-    from trainer_runs import free_loopback_ports
+    from tests.support.trainer_runs import free_loopback_ports
 
     model = tmp_path / FLOAT
     data = (digits_run / "export" / FLOAT).read_bytes()

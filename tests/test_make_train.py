@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from trainer_runs import ROOT, committed_steps, trainer_env, wait_for
+from tests.support.trainer_runs import ROOT, committed_steps, trainer_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
@@ -18,7 +18,7 @@ def make_train(args: str, log_path, **env: str):
 
 
 def test_make_train_default_preset_resumes_after_kill(tmp_path):
-    from cifar_archives import write_cifar100_archive
+    from tests.support.cifar_archives import write_cifar100_archive
 
     data, run = tmp_path / "data", tmp_path / "run"
     md5 = write_cifar100_archive(data, n_train=192, n_test=50)

@@ -3,7 +3,7 @@ training)."""
 import re
 import subprocess
 
-from trainer_runs import ROOT
+from tests.support.trainer_runs import ROOT
 
 
 def test_bare_make_prints_the_documented_targets_and_runs_nothing():

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from postgres_server import SYSTEM_USER, PostgresServer, _alive
+from tests.support.postgres_server import SYSTEM_USER, PostgresServer, _alive
 
 
 def process_uid(pid: int) -> int:

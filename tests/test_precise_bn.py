@@ -20,7 +20,7 @@ from job.distribute.base import Shard
 from job.distribute.local import SingleDeviceBackend
 from job.models.assembly import build_full_model
 from job.precise_bn import population_statistics, recalibrate, trainable_batchnorms
-from trainer_runs import ROOT, free_loopback_ports, run_job, trainer_env
+from tests.support.trainer_runs import ROOT, free_loopback_ports, run_job, trainer_env
 
 K, BATCH, SEED, EPOCH = 3, 32, 5, 1
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from job.overlay import OVERLAY_SIDE
-from sample_images import digit_images, encode, rgb_png_bomb, truncated_png
-from trainer_runs import ROOT, run_job, trainer_env
+from tests.support.sample_images import digit_images, encode, rgb_png_bomb, truncated_png
+from tests.support.trainer_runs import ROOT, run_job, trainer_env
 
 pytestmark = pytest.mark.usefixtures("digits_run")
 

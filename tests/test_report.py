@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser import artifacts_folder, chromium, console_problems, full_page_screenshot, requested_urls
-from cifar_archives import (
+from tests.support.browser import artifacts_folder, chromium, console_problems, full_page_screenshot, requested_urls
+from tests.support.cifar_archives import (
     CIFAR100_FINE_TO_COARSE,
     write_cifar10_archive,
     write_cifar100_archive,
 )
-from trainer_runs import committed_steps, kill_hard, run_job, start_job, trainer_env, wait_for
+from tests.support.trainer_runs import committed_steps, kill_hard, run_job, start_job, trainer_env, wait_for
 
 QUICK = ["train.epochs=2", "train.max_steps_per_epoch=5", "train.batch_size=16", "train.eval_batch_size=100",
          "run.progress=false"]

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer_runs import ROOT, run_job
+from tests.support.trainer_runs import ROOT, run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 
@@ -79,7 +79,7 @@ def test_the_export_of_a_real_run_loads_in_a_fresh_process_and_is_the_trained_mo
     import subprocess
     import sys
 
-    from trainer_runs import trainer_env
+    from tests.support.trainer_runs import trainer_env
 
     run = tmp_path / "run"
     shutil.copytree(FIXTURE, run)
@@ -101,8 +101,8 @@ FIXTURES = {"v1": FIXTURE, "v2": ROOT / "tests" / "fixtures" / "run_v2_digits"}
 
 @pytest.mark.parametrize("version", sorted(FIXTURES))
 def test_an_old_run_directory_evaluates_reports_predicts_serves_and_resumes(tmp_path, version):
-    from sample_images import digit_images, encode
-    from serve_server import ServeProcess, multipart, request
+    from tests.support.sample_images import digit_images, encode
+    from tests.support.serve_server import ServeProcess, multipart, request
 
     run = tmp_path / "run"
     shutil.copytree(FIXTURES[version], run)

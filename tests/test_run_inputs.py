@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_runs import run_job, trainer_env
+from tests.support.trainer_runs import run_job, trainer_env
 
 
 def write_run(directory: Path, preset: str = "digits_resnet20", *overrides: str) -> Path:

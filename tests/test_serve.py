@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from job.overlay import OVERLAY_SIDE
-from serve_server import (
+from tests.support.serve_server import (
     HOLD_ENV,
     TOKEN_ENV,
     ServeProcess,
@@ -30,7 +30,7 @@ from serve_server import (
     post_files,
     post_streamed,
 )
-from trainer_runs import free_loopback_ports, run_job, trainer_env
+from tests.support.trainer_runs import free_loopback_ports, run_job, trainer_env
 
 TOKEN = "test-token-0123456789abcdef"
 MAX_MB, MAX_FILES = 1, 32
@@ -243,7 +243,7 @@ BAD_REQUESTS = {  # case -> (body, content type, query, status, phrase of the er
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
 def test_a_bad_request_gets_a_one_line_json_error(server, digits, case):
-    from serve_server import request
+    from tests.support.serve_server import request
 
     body, content_type, query, status, phrase = BAD_REQUESTS[case]
     if body is None:
@@ -258,7 +258,7 @@ def test_a_bad_request_gets_a_one_line_json_error(server, digits, case):
 def test_unknown_paths_and_methods_get_json_errors(server, digits):
     missing = get(server.url + "/v2/predict", TOKEN)
     assert missing.status == 404 and missing.json == {"error": "/v2/predict not found"}
-    from serve_server import request
+    from tests.support.serve_server import request
 
     wrong_method = request("GET", server.url + "/v1/predict", headers={"Authorization": f"Bearer {TOKEN}"})
     assert wrong_method.status == 405 and wrong_method.error

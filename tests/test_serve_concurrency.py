@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from serve_server import ServeProcess, digit_images, get, png_bytes, post_files
+from tests.support.serve_server import ServeProcess, digit_images, get, png_bytes, post_files
 
 THREADS, REQUESTS = 6, 4
 ALL_CLASSES = "?top=10"  # the digits run has 10 classes: every probability is compared, not just the top 5

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from job.serve.app import IMAGE_MEDIA_TYPES
-from serve_server import TOKEN_ENV, ServeProcess, get
-from trainer_runs import ROOT, trainer_env
+from tests.support.serve_server import TOKEN_ENV, ServeProcess, get
+from tests.support.trainer_runs import ROOT, trainer_env
 
 TOKEN = "openapi-test-token-0123456789"
-HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+HOOKS = ROOT / "tests" / "support" / "schemathesis_hooks.py"
 CONFIG = f"""hooks = "{HOOKS}"
 
 [[operations]]

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from serve_server import TOKEN_ENV, ServeProcess, digit_images, get, png_bytes, post_files, request
+from tests.support.serve_server import TOKEN_ENV, ServeProcess, digit_images, get, png_bytes, post_files, request
 
 TOKEN = "v2-test-token-0123456789"
 NAME = "digits"

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from trainer_runs import (
+from tests.support.trainer_runs import (
     ROOT,
     committed_steps,
     job_command,

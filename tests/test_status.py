@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from child_io import ChildLines
-from trainer_runs import ROOT, kill_hard, run_job, start_job, stop_process, trainer_env, wait_for
+from tests.support.child_io import ChildLines
+from tests.support.trainer_runs import ROOT, kill_hard, run_job, start_job, stop_process, trainer_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from child_io import ChildLines
-from skip_guard import ENV
-from trainer_runs import ROOT, stop_process
+from tests.support.child_io import ChildLines
+from tests.support.skip_guard import ENV
+from tests.support.trainer_runs import ROOT, stop_process
 
 
 def test_a_child_that_prints_nothing_fails_the_read_at_its_deadline_naming_both():
@@ -138,7 +138,7 @@ def test_an_allowed_skip_without_a_reason_is_a_usage_error(pytester, monkeypatch
 
 
 def test_the_project_allow_list_is_readable_and_lists_no_horovod_test():
-    from skip_guard import read_allow_list
+    from tests.support.skip_guard import read_allow_list
 
     # `make dev` builds Horovod, so its tests must run under `make test`, never skip.
     for pattern, _ in read_allow_list(ROOT / "tests" / "allowed_skips.txt"):

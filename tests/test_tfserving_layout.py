@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
-from sample_images import digit_images
-from trainer_runs import trainer_env
+from tests.support.sample_images import digit_images
+from tests.support.trainer_runs import trainer_env
 
 # TF Serving's file-system source: under --model_base_path, the version folders are the ones named by an integer.
 SCRIPT = """

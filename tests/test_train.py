@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer_runs import (
+from tests.support.trainer_runs import (
     committed_prefix,
     committed_steps,
     kill_hard,
@@ -104,8 +104,8 @@ def test_a_run_with_weight_ema_exports_predicts_and_serves_the_averaged_weights(
     from job.inference import Classifier
     from job.models import load_model
     from job.weights import Selection
-    from sample_images import digit_images, encode
-    from serve_server import ServeProcess, multipart, request
+    from tests.support.sample_images import digit_images, encode
+    from tests.support.serve_server import ServeProcess, multipart, request
 
     images = np.stack([image for image, _ in digit_images(16)])
     exported = load_model(str(straight_ema_run / "export" / "model.keras"))

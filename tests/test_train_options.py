@@ -12,7 +12,7 @@ from job.builder import build_run
 from job.config import load_config
 from job.metrics import SUM_KEYS
 from job.step import make_train_step
-from trainer_runs import committed_prefix, run_job
+from tests.support.trainer_runs import committed_prefix, run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)
 

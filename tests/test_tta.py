@@ -18,7 +18,7 @@ from job.data import load_splits  # noqa: E402
 from job.evaluate import predict_logits  # noqa: E402
 from job.inference import Classifier, ModelInfo  # noqa: E402
 from job.models import build_model, load_model  # noqa: E402
-from trainer_runs import run_job  # noqa: E402
+from tests.support.trainer_runs import run_job  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from child_io import ChildLines
-from trainer_runs import ROOT, job_command, run_job, trainer_env
+from tests.support.child_io import ChildLines
+from tests.support.trainer_runs import ROOT, job_command, run_job, trainer_env
 
 # Small, fast and deterministic trials: simple_cnn on digits, 6 steps an epoch.
 TRIAL_ARGS = ("model.name=simple_cnn", "train.max_steps_per_epoch=6", "train.deterministic=true",
@@ -126,7 +126,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_retry_resumes_from_its_che
     extra = ["--storage", storage] if storage else []
     tune_args = ["--config", "digits_resnet20", "--space", str(space), "--study-dir", str(study_dir), *extra,
                  "train.epochs=2", *TRIAL_ARGS]
-    held = subprocess.Popen([job_command()[0], "-m", "tests.hooked_tune", "--hold-at-step",
+    held = subprocess.Popen([job_command()[0], "-m", "tests.support.hooked_tune", "--hold-at-step",
                              "4", "--", *tune_args], cwd=ROOT, env=trainer_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

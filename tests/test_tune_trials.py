@@ -14,9 +14,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from child_io import ChildLines
+from tests.support.child_io import ChildLines
 from test_tune import TRIAL_ARGS, load, tune, write_space
-from trainer_runs import ROOT, job_command, run_job, stop_process, trainer_env, wait_for
+from tests.support.trainer_runs import ROOT, job_command, run_job, stop_process, trainer_env, wait_for
 
 # 2 params x 3 values: 9 points. With the study's seed in every worker (the old way) the two workers and the restart
 # each drew the same first points; independent draws of 6 of 9 points collide with probability 1 - 9!/3!/9^6 = 89%.
@@ -122,7 +122,7 @@ def test_two_workers_racing_for_a_dead_trial_retry_it_exactly_once(tmp_path, req
     study_dir = tmp_path / "study"
     tune_args = ["--config", "digits_resnet20", "--space", str(space), "--study-dir", str(study_dir),
                  *(["--storage", url] if url else []), "train.epochs=2", *TRIAL_ARGS]
-    hooked = [job_command()[0], "-m", "tests.hooked_tune"]
+    hooked = [job_command()[0], "-m", "tests.support.hooked_tune"]
 
     def start(*hook_args: str) -> subprocess.Popen:
         return subprocess.Popen([*hooked, *hook_args, "--", *tune_args], cwd=ROOT, env=trainer_env(),

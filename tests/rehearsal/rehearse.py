@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.gcs_server import GcsServer
+from tests.support.gcs_server import GcsServer
 from tests.rehearsal.job_pod import CHANGES, dump, find, load_docs, memory_volumes, rehearsal_docs
 
 HERE = Path(__file__).resolve().parent

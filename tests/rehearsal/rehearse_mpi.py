@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.gcs_server import GcsServer
+from tests.support.gcs_server import GcsServer
 from tests.rehearsal.job_pod import expand_kube_vars, find, load_docs, tiny_train_yaml
 from tests.rehearsal.rehearse import (
     RUN_PREFIX,

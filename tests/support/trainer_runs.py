@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scripts.launch_local import free_loopback_ports  # noqa: F401 - the launcher's own, for the tests too
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 
@@ -64,9 +64,9 @@ def start_job(*args: str, env: dict | None = None, log_path: Path | None = None)
 
 def start_with_held_write(step: int, train_args: list[str], events: Path, log_path: Path,
                           *hook_args: str) -> subprocess.Popen:
-    """`python tests/hooked_train.py --hold-write STEP [hook_args] -- TRAIN ARGS` as a process, returned once it has
+    """`python -m tests.support.hooked_train --hold-write STEP [hook_args] -- TRAIN ARGS` as a process, returned once it has
     announced that the background write of ckpt-STEP is held half-done."""
-    command = [sys.executable, str(ROOT / "tests" / "hooked_train.py"), "--events", str(events),
+    command = [sys.executable, "-m", "tests.support.hooked_train", "--events", str(events),
                "--hold-write", str(step), *hook_args, "--", *train_args]
     with open(log_path, "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=trainer_env(), stdout=out, stderr=subprocess.STDOUT)

@@ -9,7 +9,7 @@ and replays them as plain HTTP to the fake server, with the Host header rewritte
 XML-style download path only answers to that), chunked request bodies (TF's uploads) de-chunked, and the Location
 of resumable upload sessions pointed back at the Google host, so the upload itself goes through the proxy too.
 
-Run as `python tls_proxy.py UPSTREAM_URL CERT_DIR`: prints "listening PORT", serves until SIGTERM. Tests use
+Run as `python -m tests.support.tls_proxy UPSTREAM_URL CERT_DIR`: prints "listening PORT", serves until SIGTERM. Tests use
 `TlsProxy` (start/stop by pid) and `make_throwaway_ca`; `TlsProxy.env()` is what a client process needs.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from child_io import ChildLines
-from gcs_proxy import INCOMPLETE, read_request_body
-from trainer_runs import stop_process
+from tests.support.child_io import ChildLines
+from tests.support.gcs_proxy import INCOMPLETE, read_request_body
+from tests.support.trainer_runs import ROOT, stop_process
 
 GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com", "oauth2.googleapis.com", "*.googleapis.com",
                 "*.storage.googleapis.com")
@@ -182,13 +182,13 @@ class TlsProxy:
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        here = Path(__file__).resolve().parent  # the test helpers it imports, and the repository for theirs
-        path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])
-        self._proc = subprocess.Popen([sys.executable, __file__, self.upstream_url, str(self.cert_dir)],
-                                      stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": path})
+        path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # for tests.support.*
+        self._proc = subprocess.Popen([sys.executable, "-m", "tests.support.tls_proxy", self.upstream_url,
+                                       str(self.cert_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                      env={**os.environ, "PYTHONPATH": path})
         self.pid = self._proc.pid
         try:
-            line = ChildLines(self._proc, "tests/tls_proxy.py").next(60, "its 'listening PORT' line").split()
+            line = ChildLines(self._proc, "tests/support/tls_proxy.py").next(60, "its 'listening PORT' line").split()
         except AssertionError:
             self.stop()
             raise

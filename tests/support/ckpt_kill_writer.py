@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from fork_server import serve  # noqa: E402 - tests/, the script's folder
+from tests.support.fork_server import serve  # noqa: E402
 from job.checkpoint import CheckpointStore  # noqa: E402
 from job.rundir import RunDir  # noqa: E402
 

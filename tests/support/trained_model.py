@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer_runs import run_job
+from tests.support.trainer_runs import run_job
 
 DIGITS_RUN_ARGS = ("model.name=simple_cnn", "optim.lr=0.02", "train.epochs=4", "train.seed=3",
                    "export.litert=true")  # its LiteRT exports: tests/test_litert.py

@@ -5,7 +5,7 @@ weights after --steps steps, their losses, the example ids it read and an all_re
 OUT_DIR/worker-<i>.npz. With --until-peer-lost it then trains on, so a test can kill one worker and watch the other.
 A lost peer ends the process with job.errors.EXIT_PEER_LOST.
 
-    python tests/dist_train.py --backend {single,multiworker,horovod} --global-batch 8 --steps 4 --out DIR
+    python -m tests.support.dist_train --backend {single,multiworker,horovod} --global-batch 8 --steps 4 --out DIR
 """
 from __future__ import annotations
 

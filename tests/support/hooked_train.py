@@ -1,6 +1,6 @@
 """`python -m job train` with two test hooks added, for tests/test_hooks.py and the two-worker hook test:
 
-    python tests/hooked_train.py --events DIR [--stop-at-step N] -- TRAIN ARGS...
+    python -m tests.support.hooked_train --events DIR [--stop-at-step N] -- TRAIN ARGS...
 
 - a recorder: every event of the hook interface with its state, in order, one JSON line each, in
   DIR/events-<worker index>.jsonl (step events every --record-every-steps N steps);
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from job.cli import build_parser, setup_logging
 from job.hooks import Hook, Stop
-from trainer_runs import without_litert  # tests/, the script's folder
+from tests.support.trainer_runs import without_litert
 
 
 class Recorder(Hook):
