@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.gcs_server import GcsServer
 from tests.rehearsal.job_pod import expand_kube_vars, find, load_docs, tiny_train_yaml
 from tests.rehearsal.rehearse import (
     RUN_PREFIX,
@@ -37,6 +36,7 @@ from tests.rehearsal.rehearse import (
     rehearsal_arguments,
     report,
 )
+from tests.support.gcs_server import GcsServer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from job.serve import TOKEN_ENV
-from tests.support.gcs_server import GcsServer, _free_port
 from tests.rehearsal.job_pod import (
     POD_CHANGES,
     dump,
@@ -51,6 +50,7 @@ from tests.rehearsal.rehearse import (
     rehearsal_arguments,
     report,
 )
+from tests.support.gcs_server import GcsServer, _free_port
 from tests.support.sample_images import digit_png
 from tests.support.serve_server import Reply, get, post_files
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import yaml
 
-from tests.support.gcs_server import GcsServer, _free_port
-from tests.support.postgres_server import PostgresNotInstalled, PostgresServer
 from tests.rehearsal.job_pod import POD_CHANGES, dump, find, load_docs, memory_volumes, rehearsal_pod, trainer_container
 from tests.rehearsal.rehearse import Bucket, PodRun, RehearsalFailed, log, podman, rehearsal_arguments, report
+from tests.support.gcs_server import GcsServer, _free_port
+from tests.support.postgres_server import PostgresNotInstalled, PostgresServer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -20,9 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from tests.support.fork_server import serve  # noqa: E402
 from job.checkpoint import CheckpointStore  # noqa: E402
 from job.rundir import RunDir  # noqa: E402
+from tests.support.fork_server import serve  # noqa: E402
 
 SHAPE = (128, 128)  # 64 KB of weights
 

@@ -27,7 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support.trainer_runs import ROOT, free_loopback_ports, job_command, stop_process, trainer_env  # also for bench/
+from tests.support.trainer_runs import (  # also for bench/
+    ROOT,
+    free_loopback_ports,
+    job_command,
+    stop_process,
+    trainer_env,
+)
 
 TOKEN_ENV = "JOB_SERVE_TOKEN"
 HOLD_ENV = "JOB_SERVE_TEST_HOLD_LOAD"  # job/serve/__init__.py: the model load waits until this file exists

@@ -9,8 +9,8 @@ and replays them as plain HTTP to the fake server, with the Host header rewritte
 XML-style download path only answers to that), chunked request bodies (TF's uploads) de-chunked, and the Location
 of resumable upload sessions pointed back at the Google host, so the upload itself goes through the proxy too.
 
-Run as `python -m tests.support.tls_proxy UPSTREAM_URL CERT_DIR`: prints "listening PORT", serves until SIGTERM. Tests use
-`TlsProxy` (start/stop by pid) and `make_throwaway_ca`; `TlsProxy.env()` is what a client process needs.
+Run as `python -m tests.support.tls_proxy UPSTREAM_URL CERT_DIR`: prints "listening PORT", serves until SIGTERM.
+Tests use `TlsProxy` (start/stop by pid) and `make_throwaway_ca`; `TlsProxy.env()` is what a client process needs.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 trainer once, then forks one trainer per request (before any TF op has run, so each child starts TF's runtime itself)
 and kills it with SIGKILL when told to. The children run the real CLI entry point, `job.cli.main`.
 
-Started as `python -m tests.support.trainer_fork_server train ARGS...` (the repository on PYTHONPATH). Protocol on stdin/stdout, one line each:
+Started as `python -m tests.support.trainer_fork_server train ARGS...` from the repository. Protocol on stdin/stdout,
+one line each:
     test -> "start WORK_DIR LOG_PATH [NAME=VALUE ...]"
                                         fork a trainer with run.work_dir=WORK_DIR, its stdout+stderr to LOG_PATH and
                                         the environment variables given set (e.g. its own STORAGE_EMULATOR_HOST)

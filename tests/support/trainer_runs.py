@@ -64,8 +64,8 @@ def start_job(*args: str, env: dict | None = None, log_path: Path | None = None)
 
 def start_with_held_write(step: int, train_args: list[str], events: Path, log_path: Path,
                           *hook_args: str) -> subprocess.Popen:
-    """`python -m tests.support.hooked_train --hold-write STEP [hook_args] -- TRAIN ARGS` as a process, returned once it has
-    announced that the background write of ckpt-STEP is held half-done."""
+    """`python -m tests.support.hooked_train --hold-write STEP [hook_args] -- TRAIN ARGS` as a process, returned once it
+    has announced that the background write of ckpt-STEP is held half-done."""
     command = [sys.executable, "-m", "tests.support.hooked_train", "--events", str(events),
                "--hold-write", str(step), *hook_args, "--", *train_args]
     with open(log_path, "w") as out:

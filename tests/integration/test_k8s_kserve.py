@@ -15,11 +15,11 @@ import jsonschema
 import pytest
 import yaml
 
-import test_k8s as k8s
-from test_k8s import K8S, env_of, kustomize, one, pod_templates, serve_args, serve_parts
+import tests.integration.test_k8s as k8s
+from tests.integration.test_k8s import K8S, env_of, kustomize, one, pod_templates, serve_args, serve_parts
 
 KSERVE = K8S / "kserve"
-SCHEMA = Path(__file__).parent / "fixtures" / "kserve" / "inferenceservice-v1beta1.schema.json.gz"
+SCHEMA = Path(__file__).resolve().parents[1] / "fixtures" / "kserve" / "inferenceservice-v1beta1.schema.json.gz"
 V2_PROBES = {"startupProbe": "/v2/health/live", "readinessProbe": "/v2/health/ready",
              "livenessProbe": "/v2/health/live"}
 TF_SERVING_RELEASE = "2.20.0"  # the newest TF Serving (tensorflow/serving#4129); none is built on TF 2.21

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from tests.integration.test_tune import TRIAL_ARGS, load, write_space
 from tests.support.postgres_server import PostgresServer
-from test_tune import TRIAL_ARGS, load, write_space
 from tests.support.trainer_runs import ROOT, job_command, run_job, trainer_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a trial, an outage, then the whole study again
@@ -38,9 +38,9 @@ def start_held_worker(tmp_path: Path, url: str, staleness: dict | None = None,
                  "--storage", url, "train.epochs=2", *TRIAL_ARGS]
     log, go = tmp_path / "worker.log", tmp_path / "go"
     with open(log, "w") as out:
-        worker = subprocess.Popen([job_command()[0], "-m", "tests.support.hooked_tune", "--hold-at-step", "4", "--wait-for",
-                                   str(go), "--", *tune_args], cwd=ROOT, env=trainer_env(**env), stdout=out,
-                                  stderr=subprocess.STDOUT)
+        worker = subprocess.Popen([job_command()[0], "-m", "tests.support.hooked_tune", "--hold-at-step", "4",
+                                   "--wait-for", str(go), "--", *tune_args], cwd=ROOT, env=trainer_env(**env),
+                                  stdout=out, stderr=subprocess.STDOUT)
     wait_for(lambda: "HELD" in log.read_text(), timeout=600, process=worker, what="the first trial to hold")
     return worker, tune_args, log, go
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {  # section -> phrases that each name exactly one of its figures
     "training": ["train img/s, simple_cnn", "train CPU-s per 1,000 img, simple_cnn", "host ms between steps",

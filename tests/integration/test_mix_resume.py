@@ -4,7 +4,7 @@ augmentation)."""
 import numpy as np
 import pytest
 
-from test_train import TINY, final_variables
+from tests.integration.test_train import TINY, final_variables
 from tests.support.trainer_runs import committed_steps, kill_hard, run_job, start_job, trainer_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

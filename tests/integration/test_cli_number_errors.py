@@ -4,15 +4,14 @@ so a numeric option added later is covered (or fails test_every_numeric_option_h
 docs/runs.md (exit codes): "`2` bad input (one line on stderr says what and how to fix it ...)"."""
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 
 import pytest
 
-from job.cli import build_parser
-from job.cliargs import VALIDATORS, non_negative_float, port_number, positive_float, positive_int
+from job.cliargs import non_negative_float, port_number, positive_float, positive_int
 from tests.support.trainer_runs import ROOT, trainer_env
+from tests.unit.test_cli_numbers import OTHER_ARGS, typed_options
 
 BAD_VALUES = {
     positive_int: ["0", "-3", "x", "2.5", "nan", ""],
@@ -20,39 +19,11 @@ BAD_VALUES = {
     non_negative_float: ["-1", "-0.5", "x", "nan", "inf", "-inf"],
     port_number: ["0", "-1", "65536", "x", "80.5"],
 }
-# What each subcommand needs besides the option under test, so the bad number is the only thing wrong.
-OTHER_ARGS = {
-    "predict": ["--model", "model.keras", "image.png"],
-    "serve": ["--model", "model.keras"],
-    "tune": ["--space", "space.yaml"],
-    "status": ["runs/x"],
-}
 # Exits 3 (no other test's exit code) if the command imported TensorFlow before exiting.
 RUN_CLI = ("import atexit, os, sys\n"
            "atexit.register(lambda: 'tensorflow' in sys.modules and os._exit(3))\n"
            "from job.cli import main\n"
            "sys.exit(main(sys.argv[1:]))\n")
-
-
-def subcommands() -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
-
-
-def typed_options():
-    """(command, option, validator) for every option of every subcommand that has a type=."""
-    for command, parser in subcommands().items():
-        for action in parser._actions:
-            if action.type is not None:
-                yield command, action.option_strings[-1] if action.option_strings else action.dest, action.type
-
-
-def test_every_numeric_option_has_a_validator():
-    found = list(typed_options())
-    assert len(found) >= 9  # predict --top/--max-pixels, serve's four, tune --workers, status's two
-    for command, option, kind in found:
-        assert kind in VALIDATORS, f"{command} {option} has type={kind!r}: use one of job/cliargs.py's validators"
-        assert command in OTHER_ARGS, f"add `{command}` to OTHER_ARGS so its {option} is tested"
 
 
 @pytest.mark.parametrize("command, option, value", [
@@ -67,14 +38,6 @@ def test_a_bad_number_is_one_line_and_exit_2_before_anything_runs(command, optio
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {option} must be ") and repr(value) in lines[0], lines[0]
     assert lines[0].endswith(f"(see python -m job {command} --help)"), lines[0]
-
-
-@pytest.mark.parametrize("kind, text, value", [
-    (positive_int, "1", 1), (positive_int, "64", 64), (positive_float, "0.25", 0.25), (positive_float, "1e3", 1000.0),
-    (non_negative_float, "0", 0.0), (non_negative_float, "2.5", 2.5), (port_number, "1", 1),
-    (port_number, "65535", 65535)])
-def test_good_numbers_pass(kind, text, value):
-    assert kind(text) == value
 
 
 def test_other_argparse_errors_are_one_line_too(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from job.storage import open_storage
-from test_train import final_variables
+from tests.integration.test_train import final_variables
 from tests.support.trainer_runs import free_loopback_ports, kill_hard, run_job, start_job, trainer_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -130,7 +130,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _run_all(commands_envs: list[tuple[list[str], dict]], logs: list[Path], timeout: float = 900) -> None:
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     procs = [subprocess.Popen(c, env=e, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=repo)
              for (c, e), log in zip(commands_envs, logs)]
     try:

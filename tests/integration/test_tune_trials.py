@@ -14,8 +14,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tests.integration.test_tune import TRIAL_ARGS, load, tune, write_space
 from tests.support.child_io import ChildLines
-from test_tune import TRIAL_ARGS, load, tune, write_space
 from tests.support.trainer_runs import ROOT, job_command, run_job, stop_process, trainer_env, wait_for
 
 # 2 params x 3 values: 9 points. With the study's seed in every worker (the old way) the two workers and the restart
@@ -60,7 +60,7 @@ def test_two_workers_and_a_restart_never_train_the_same_values_twice(tmp_path_fa
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_tensorboard_serves_the_study_in_its_hparams_dashboard(tmp_path_factory, tmp_path):
-    from test_tensorboard_gcs import TensorBoard
+    from tests.integration.test_tensorboard_gcs import TensorBoard
 
     space, study_dir, _ = two_workers_and_a_restart(tmp_path_factory, "tpe")
     trials = load(space, study_dir, None).trials()

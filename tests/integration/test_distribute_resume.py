@@ -38,7 +38,7 @@ from job.errors import EXIT_PREEMPTED  # noqa: E402
 # two-process runs, each killed and resumed, after a one-process reference: a limit for hangs only (pytest.ini)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "scripts" / "launch_local.py"
 STEPS_PER_EPOCH, EPOCHS, EVERY = 12, 2, 3
 TOTAL_STEPS = STEPS_PER_EPOCH * EPOCHS

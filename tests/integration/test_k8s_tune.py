@@ -20,7 +20,7 @@ import yaml
 from job.cli import build_parser
 from job.config import list_presets, load_config
 from job.errors import EXIT_CRASH, EXIT_PREEMPTED, EXIT_USER_ERROR
-from tests.test_k8s import (
+from tests.integration.test_k8s import (
     GPU,
     K8S,
     KUBE_VERSIONS,
@@ -541,5 +541,5 @@ def test_the_cluster_searches_the_readmes_example_space(command):
     places: they must not drift apart)."""
     from job.tune.space import load_space
 
-    example = load_space(str(Path(__file__).resolve().parent.parent / "spaces" / "cifar10_resnet20_lr_wd.yaml"))
+    example = load_space(str(Path(__file__).resolve().parents[2] / "spaces" / "cifar10_resnet20_lr_wd.yaml"))
     assert load_space(str(command.space_file)) == example

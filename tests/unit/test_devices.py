@@ -2,10 +2,7 @@
 without XLA on a CPU; the choice is logged and stored with the run."""
 from __future__ import annotations
 
-import json
-
 import pytest
-import yaml
 
 from job.devices import choose
 
@@ -26,17 +23,6 @@ def test_auto_picks_the_fast_settings_for_the_device(capabilities, expected):
 def test_an_explicit_setting_is_kept():
     assert choose("float32", False, [(8, 0)], 2) == ("float32", False, 2)
     assert choose("mixed_float16", True, [], 4) == ("mixed_float16", True, 4)
-
-
-def test_a_run_stores_and_records_the_effective_choice(digits_run):
-    """The digits run trained with the defaults (auto) on this CPU: float32, no XLA, in its config and its history."""
-    stored = yaml.safe_load((digits_run / "config.yaml").read_text())["train"]
-    assert (stored["precision"], stored["jit_compile"], stored["steps_per_call"]) == ("float32", False, 1)
-    start = json.loads((digits_run / "history.json").read_text())["starts"][0]
-    assert (start["precision"], start["xla"]) == ("float32", False)
-    log = next((digits_run / "logs" / "trainer").iterdir()).read_text()
-    assert ("precision float32, XLA off, 1 step(s) per call (chosen for no GPU; set train.precision, "
-            "train.jit_compile and train.steps_per_call to override)") in log
 
 
 def test_a_bad_jit_compile_value_is_one_line():

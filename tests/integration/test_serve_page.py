@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.browser import artifacts_folder, chromium, console_problems, full_page_screenshot, requested_urls
 from job.overlay import OVERLAY_SIDE
+from tests.support.browser import artifacts_folder, chromium, console_problems, full_page_screenshot, requested_urls
 from tests.support.serve_server import TOKEN_ENV, ServeProcess, digit_images, png_bytes
 from tests.support.trainer_runs import wait_for
 

@@ -1,9 +1,9 @@
 """Distributed backends: version table, cluster discovery, and real two-process runs on 127.0.0.1 (CPU).
 
 Two kinds of process tests:
-  - tests/support/dist_train.py, a minimal custom loop written only against the Backend interface, on two workers: identical
-    weights from different initial values, disjoint shards covering the data, all_reduce_sum; then one worker is
-    lost and the other must exit with EXIT_PEER_LOST within PEER_LOSS_DEADLINE seconds instead of hanging;
+  - tests/support/dist_train.py, a minimal custom loop written only against the Backend interface, on two workers:
+    identical weights from different initial values, disjoint shards covering the data, all_reduce_sum; then one worker
+    is lost and the other must exit with EXIT_PEER_LOST within PEER_LOSS_DEADLINE seconds instead of hanging;
   - the real trainer (`python -m job train`) on two workers with global batch 2b must end with the checkpoint and
     evaluation of one process with batch 2b (relative difference < 1e-5; no augmentation, no dropout).
 """
@@ -32,7 +32,7 @@ from job.distribute.multiworker import tf_config_from_env, worker_position  # no
 from job.distribute.versions import check_version_combo, check_versions  # noqa: E402
 from job.errors import EXIT_PEER_LOST, ConfigError, UserError  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GLOBAL_BATCH = 8  # two workers x 4; dist_train.py has 32 examples, so 4 steps are one full epoch
 STEPS = 4
 # distribute.collective_timeout_seconds of the peer-loss runs. It also bounds start-up (Horovod's rendezvous waits
@@ -181,7 +181,7 @@ def _wait_for_file(path: Path, procs: list[subprocess.Popen], logs: list[Path], 
         time.sleep(0.2)
 
 
-# --- the Backend contract, then losing a peer, with tests/support/dist_train.py -----------------------------------------
+# --- the Backend contract, then losing a peer, with tests/support/dist_train.py ---------------------------------
 
 
 def _dist_train(backend: str, out: Path) -> list[str]:

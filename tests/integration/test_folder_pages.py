@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_report import check_report
+from tests.integration.test_serve_page import TOKEN, cards, open_page_with_token, settled
 from tests.support.browser import chromium
 from tests.support.serve_server import TOKEN_ENV, ServeProcess
-from test_report import check_report
-from test_serve_page import TOKEN, cards, open_page_with_token, settled
 from tests.support.trainer_runs import run_job, wait_for
 
 pytestmark = pytest.mark.slow

@@ -20,16 +20,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-# tests/ is on sys.path, and the fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_durable_server) come from
-# tests/gcs_server.py through conftest.py.
-from tests.support.child_io import ChildLines
-from tests.support.ckpt_kill_writer import make_checkpoint, set_state
-from tests.support.gcs_proxy import GcsProxy
 from job.checkpoint import CheckpointStore
 from job.errors import UserError
 from job.rundir import RunDir
 from job.storage import open_storage
 from job.workcopy import folder_name
+
+# tests/ is on sys.path, and the fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_durable_server) come from
+# tests/gcs_server.py through conftest.py.
+from tests.support.child_io import ChildLines
+from tests.support.ckpt_kill_writer import make_checkpoint, set_state
+from tests.support.gcs_proxy import GcsProxy
 from tests.support.trainer_runs import ROOT, kill_hard, run_job, start_job, trainer_env, user_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trainer runs: a limit for hangs only (pytest.ini)

@@ -31,7 +31,7 @@ from job.cli import build_parser, relayed_command  # noqa: E402
 from job.config import list_presets, load_config  # noqa: E402
 from job.errors import EXIT_CRASH, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 MANIFESTS = ("job.yaml", "multiworker.yaml", "jobset.yaml", "horovod-mpijob.yaml", "tensorboard.yaml",
              "kueue/queue.yaml", "serve.yaml", "serve-hpa.yaml", "tune.yaml")
