@@ -40,7 +40,7 @@ train: install
 	$(PY) -m job train --config $(CONFIG) $(ARGS)
 
 # After `dev` every tool the tests use is installed, so a skip means a broken install: it fails the run unless
-# tests/allowed_skips.txt lists it (tests/skip_guard.py). A bare `pytest` only reports skips.
+# tests/allowed_skips.txt lists it (tests/support/skip_guard.py). A bare `pytest` only reports skips.
 FAIL_ON_SKIPS := JOB_FAIL_ON_UNLISTED_SKIPS=1
 
 ## the whole test suite, slow end-to-end tests included (what CI runs)

@@ -1,6 +1,5 @@
-"""Every numeric option of every subcommand refuses zero, negative, non-numeric, nan and inf values in one line on
-stderr with exit 2, printing nothing else and importing no TensorFlow. The options are found by walking the parser,
-so a numeric option added later is covered (or fails test_every_numeric_option_has_a_validator).
+"""The numeric options' refusals as a user sees them, in a fresh process: one line on stderr, exit 2, nothing else
+printed and no TensorFlow imported (the validators themselves: tests/unit/test_cli_numbers.py).
 docs/runs.md (exit codes): "`2` bad input (one line on stderr says what and how to fix it ...)"."""
 from __future__ import annotations
 

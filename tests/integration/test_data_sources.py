@@ -1,4 +1,5 @@
-"""The data layer: archive loading and its failures, splits, the tf.data pipelines and the preprocessing layer."""
+"""Where archives come from: a download from a real HTTP server on 127.0.0.1 (verified, renamed, or a failure that
+says where to put the file) and an archive in a bucket on fake-gcs-server, cached locally."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,5 @@
-"""train.precision=auto and train.jit_compile=auto (job/devices.py): the fast choice for the GPU at hand, float32
-without XLA on a CPU; the choice is logged and stored with the run."""
+"""train.precision=auto and train.jit_compile=auto (job/devices.py) in a real run: the effective choice is logged and
+stored with the run (the choice itself: tests/unit/test_devices.py)."""
 from __future__ import annotations
 
 import json

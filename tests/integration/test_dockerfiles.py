@@ -304,4 +304,4 @@ def test_dockerignore_rule_follows_docker():
     assert dockerignore_allows("docker/build-horovod.sh", patterns)
     assert not dockerignore_allows("docker/Dockerfile", patterns)
     assert not dockerignore_allows("job/__pycache__/cli.cpython-311.pyc", patterns)
-    assert not dockerignore_allows("tests/test_k8s.py", patterns)
+    assert not dockerignore_allows("tests/integration/test_k8s.py", patterns)

@@ -1,5 +1,6 @@
-"""data.name=folder without TensorFlow: layouts, the split, the decoded cache and its lock, and every bad input
-(docs/own-images.md)."""
+"""data.name=folder with processes and buckets: the export-data command, a folder and its decoded cache in a bucket
+on fake-gcs-server, a lock left by a decoder that was killed, and the trainer's one-line refusal of a bad folder
+(docs/own-images.md; the layouts, the split, the cache and every bad input: tests/unit/test_folder_data.py)."""
 import json
 import logging
 import time

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 # deterministic ops, so each run's accuracy is the same on every try and the comparison cannot be luck.
 ACCURACY = ["--config", "digits_resnet20", "model.name=simple_cnn", "optim.lr=0.02", "train.epochs=8",
             "train.seed=3", "train.deterministic=true"]
-# tests/test_train.py's TINY (every kind of state a resume restores), on the folder.
+# tests/integration/test_train.py's TINY (every kind of state a resume restores), on the folder.
 TINY = ["--config", "digits_resnet20", "model.name=simple_cnn", "model.dropout=0.25", "train.epochs=2",
         "train.batch_size=32", "train.deterministic=true", "checkpoint.every_steps=5", "optim.warmup_epochs=0.5"]
 
@@ -95,7 +95,8 @@ def straight_folder_run(digits_folder, tmp_path_factory) -> Path:
 def test_kill_minus_nine_then_resume_uses_the_cache_and_ends_with_the_uninterrupted_weights(
         digits_folder, straight_folder_run, tmp_path):
     resumed, log = tmp_path / "resumed", tmp_path / "first.log"
-    # As tests/test_train.py: ckpt-10's commit held, so the kill lands mid-epoch with ckpt-5 the newest commit.
+    # As tests/integration/test_train.py: ckpt-10's commit held, so the kill lands mid-epoch with ckpt-5 the newest
+    # commit.
     process = start_job("train", *TINY, *folder(digits_folder), f"run.dir={resumed}", log_path=log,
                         env=trainer_env(JOB_TEST_HOLD_TASK=r"^checkpoint ckpt-10$"))
     wait_for(lambda: "held for a test: checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,

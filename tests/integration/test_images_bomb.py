@@ -1,5 +1,5 @@
-"""job/images.py: every common format and mode, at any size and orientation, becomes the model's uint8 (S, S, 3) the
-way docs/serving.md states; what cannot be classified is refused in one line. No TensorFlow here."""
+"""job/images.py: a decompression bomb is refused before it is decoded, shown in a fresh process whose peak memory
+stays low (the formats, modes and sizes: tests/unit/test_images.py)."""
 from __future__ import annotations
 
 import os

@@ -140,7 +140,7 @@ def job_argv(container: dict) -> list[str] | None:
 
 def container_argv(container: dict) -> list[str]:
     command, args = container.get("command"), container.get("args", [])
-    if command is None:  # the image's ENTRYPOINT, which is `python -m job` (tests/test_dockerfiles.py checks)
+    if command is None:  # the image's ENTRYPOINT, `python -m job` (tests/integration/test_dockerfiles.py checks)
         command = JOB_COMMAND
     return list(command) + list(args)
 
@@ -443,7 +443,7 @@ def test_every_pod_is_hardened_and_writes_only_to_emptydirs(raw_docs):
 
 def assert_pod_hardened(label: str, pod: dict, uid: int, gid: int, image_home: str) -> None:
     """The image's non-root user, no privilege, a read-only root, no API token; writes only to emptyDirs (also the
-    KServe custom predictor's pod: tests/test_k8s_kserve.py)."""
+    KServe custom predictor's pod: tests/integration/test_k8s_kserve.py)."""
     security = pod["securityContext"]
     assert security["runAsNonRoot"] is True and security["seccompProfile"]["type"] == "RuntimeDefault", label
     assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid), f"{label}: not the image's user"
@@ -698,7 +698,7 @@ def test_serve_is_hardened_like_the_training_job_and_cpu_only(raw, raw_docs):
     # The token: from a Secret the user creates, optional; never a Secret (a credential) in the repository.
     token = next(e for e in container["env"] if e["name"] == TOKEN_ENV)
     assert "value" not in token and token["valueFrom"]["secretKeyRef"]["optional"] is True
-    # (k8s/tune.yaml's Secret holds a database URL without its password: tests/test_k8s_tune.py checks.)
+    # (k8s/tune.yaml's Secret holds a database URL without its password: tests/integration/test_k8s_tune.py checks.)
     assert not [s for s in find(raw_docs, "Secret") if s["metadata"]["name"] != "cifar-tune-storage"]
 
 

@@ -1,8 +1,9 @@
 """Static checks of k8s/tune.yaml (issue 14): the Indexed Job of trial workers, its study database (the Secret and the
 small PostgreSQL StatefulSet) and the search space ConfigMap, checked against the code they must agree with: the CLI
 (job/cli.py), the space parser (job/tune/space.py), the storage variable (job/tune/study.py), the config loader and
-k8s/job.yaml's hardening. Plus the tools tests/test_k8s.py applies to every manifest (kustomize, kubernetes-validate,
-checkov), with its helpers. The init container's wait script also runs here, against a real PostgreSQL.
+k8s/job.yaml's hardening. Plus the tools tests/integration/test_k8s.py applies to every manifest (kustomize,
+kubernetes-validate, checkov), with its helpers. The init container's wait script also runs here, against a real
+PostgreSQL.
 """
 from __future__ import annotations
 
@@ -465,8 +466,8 @@ def test_tune_yaml_passes_kubernetes_validate_strict(version, rendered, tmp_path
 @pytest.mark.timeout(600)  # checkov
 def test_checkov_fails_tune_yaml_only_on_listed_skips_that_name_it(tmp_path):
     """checkov over tune.yaml alone: every failed check is in k8s/checkov-skips.yaml, and that skip's reason says why
-    it applies to tune.yaml too (tests/test_k8s.py runs checkov over all of k8s/ and keeps the list free of stale
-    entries)."""
+    it applies to tune.yaml too (tests/integration/test_k8s.py runs checkov over all of k8s/ and keeps the list free of
+    stale entries)."""
     shutil.copy(TUNE, tmp_path / TUNE.name)
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"}
     out = subprocess.run([checkov_path(), "-d", str(tmp_path), "--framework", "kubernetes", "secrets",

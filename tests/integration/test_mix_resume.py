@@ -19,7 +19,8 @@ def test_kill_minus_nine_mid_epoch_with_mixing_then_resume_ends_with_the_same_we
     done = run_job("train", *MIXED, f"run.dir={straight}")
     assert done.returncode == 0, done.stderr[-3000:]
 
-    # ckpt-10's commit is held, so the kill lands mid-epoch with ckpt-5 the newest commit (as tests/test_train.py).
+    # ckpt-10's commit is held, so the kill lands mid-epoch with ckpt-5 the newest commit (as
+    # tests/integration/test_train.py).
     process = start_job("train", *MIXED, f"run.dir={resumed}", log_path=log,
                         env=trainer_env(JOB_TEST_HOLD_TASK=r"^checkpoint ckpt-10$"))
     wait_for(lambda: "held for a test: checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,

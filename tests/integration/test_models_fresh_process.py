@@ -1,5 +1,6 @@
-"""The model zoo: every registry model builds, trains one real step, matches its published size; transfer models
-load backbone weights from files and switch training phases; models survive a .keras round trip."""
+"""The model zoo in fresh processes: importing the registry imports no TensorFlow, saved models with custom layers
+load, and ImageNet weights without a network say which file to place where (the models themselves:
+tests/unit/test_models.py)."""
 from __future__ import annotations
 
 import os

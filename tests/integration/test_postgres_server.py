@@ -1,4 +1,4 @@
-"""The PostgreSQL fixture (tests/postgres_server.py) gives a real server: reachable on 127.0.0.1 with psycopg,
+"""The PostgreSQL fixture (tests/support/postgres_server.py) gives a real server: reachable on 127.0.0.1 with psycopg,
 SQLAlchemy and Optuna's RDBStorage, run by an unprivileged user, one fresh database per test, and gone after stop()."""
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""BatchNorm recalibration (job/precise_bn.py, docs/configuration.md "Recipes"): the recomputed statistics are the
-population
-statistics of each layer's input over the K calibration batches, on one process and summed over two workers; frozen
-layers keep theirs; a short run validates far above chance with it and near chance without."""
+"""BatchNorm recalibration in real runs (docs/configuration.md "Recipes"): a short run validates far above chance
+with it and near chance without; two workers (multiworker, horovod) recalibrate over both workers' batches, and one
+process stores what it recomputes."""
 from __future__ import annotations
 
 import os

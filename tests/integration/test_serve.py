@@ -1,5 +1,5 @@
-"""`python -m job serve` as a real process answering real HTTP (tests/serve_server.py), with the digits run that
-tests/trained_model.py trains once per session.
+"""`python -m job serve` as a real process answering real HTTP (tests/support/serve_server.py), with the digits run that
+tests/support/trained_model.py trains once per session.
 
 One server serves the module: started with JOB_SERVE_TOKEN set and its model load held (JOB_SERVE_TEST_HOLD_LOAD)
 until the fixture has seen it listening but not ready, so the 503s before the load happen by construction. Every bad

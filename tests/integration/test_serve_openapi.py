@@ -4,12 +4,12 @@ schemathesis (pinned in requirements-dev.txt) runs all its checks, every phase, 
 token and one with a token, and must report no failure. Bounded: a fixed seed, --max-examples and --max-time, the
 CLI as a subprocess with a deadline; 127.0.0.1 only.
 
-Told to schemathesis, in a config file written here: what an image is (tests/schemathesis_hooks.py: a file part of
-POST /v1/predict must be a picture, as the description says) and one exception, stated where it is made: a v2
+Told to schemathesis, in a config file written here: what an image is (tests/support/schemathesis_hooks.py: a file part
+of POST /v1/predict must be a picture, as the description says) and one exception, stated where it is made: a v2
 inference request whose `data` does not hold shape's n*S*S*3 values is schema-valid (JSON Schema cannot tie one
-field's length to another's values) and is refused with 400; tests/test_serve_v2.py checks that route with a real
-client. Before the fix schemathesis 4.32 found the bearer scheme advertised on a server without a token, and a request
-with no files valid by the description yet refused with 400; the first checks below pin both directly."""
+field's length to another's values) and is refused with 400; tests/integration/test_serve_v2.py checks that route with a
+real client. Before the fix schemathesis 4.32 found the bearer scheme advertised on a server without a token, and a
+request with no files valid by the description yet refused with 400; the first checks below pin both directly."""
 from __future__ import annotations
 
 import re

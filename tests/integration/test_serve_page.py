@@ -1,7 +1,7 @@
-"""The page of `python -m job serve` in a real headless Chromium (tests/browser.py): the server is a real process with
-JOB_SERVE_TOKEN set, so the page must first ask for the token; then PNGs picked through the file input come back with
-their top-5 and a Grad-CAM toggle, and a file that is not an image shows the server's error on its card. The page
-may request nothing but its own server (its images are blob: and data: URLs). Screenshots are kept in the folder
+"""The page of `python -m job serve` in a real headless Chromium (tests/support/browser.py): the server is a real
+process with JOB_SERVE_TOKEN set, so the page must first ask for the token; then PNGs picked through the file input come
+back with their top-5 and a Grad-CAM toggle, and a file that is not an image shows the server's error on its card. The
+page may request nothing but its own server (its images are blob: and data: URLs). Screenshots are kept in the folder
 printed at the start (JOB_TEST_ARTIFACTS to choose it)."""
 from __future__ import annotations
 

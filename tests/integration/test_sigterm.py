@@ -102,9 +102,10 @@ def test_sigterm_with_a_bucket_commits_the_checkpoint_in_the_bucket(tmp_path, gc
 
 def test_sigterm_while_a_checkpoint_is_written_in_the_background_commits_it_and_exits_75(tmp_path):
     run, log = tmp_path / "run", tmp_path / "first.log"
-    # ckpt-10's background write is held half-done (tests/hooked_train.py --hold-write) until the trainer has received
-    # SIGTERM and its next save (the periodic ckpt-15, or the final one, whichever comes first) has said that it waits
-    # for that write: so the signal lands, by construction, while a snapshot is being written, and a save has to wait.
+    # ckpt-10's background write is held half-done (tests/support/hooked_train.py --hold-write) until the trainer has
+    # received SIGTERM and its next save (the periodic ckpt-15, or the final one, whichever comes first) has said that
+    # it waits for that write: so the signal lands, by construction, while a snapshot is being written, and a save has
+    # to wait.
     args = [*ARGS, "checkpoint.every_steps=5", f"run.dir={run}"]
     process = start_with_held_write(10, args, tmp_path / "events", log, "--release-after-sigterm")
     process.send_signal(signal.SIGTERM)

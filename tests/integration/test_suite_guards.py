@@ -1,6 +1,6 @@
-"""The suite's own guards: a silent or finished child fails a read with a message (tests/child_io.py); and, run on
-throwaway test files (pytester), a hung test fails at its time limit under the project's pytest.ini (pytest-timeout),
-and under `make test` a skip not in tests/allowed_skips.txt fails the run (tests/skip_guard.py)."""
+"""The suite's own guards: a silent or finished child fails a read with a message (tests/support/child_io.py); and, run
+on throwaway test files (pytester), a hung test fails at its time limit under the project's pytest.ini (pytest-timeout),
+and under `make test` a skip not in tests/allowed_skips.txt fails the run (tests/support/skip_guard.py)."""
 from __future__ import annotations
 
 import shutil

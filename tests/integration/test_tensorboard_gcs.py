@@ -1,7 +1,7 @@
 """`tensorboard --logdir gs://...` on a run while it trains, and TensorFlow's own gs:// client on the run's checkpoints.
 
 TensorFlow's GCS file system ignores STORAGE_EMULATOR_HOST, so TensorBoard (and the `python -c` below) reach the
-fake-gcs-server through a loopback TLS-terminating forward proxy with a throwaway CA (tests/tls_proxy.py).
+fake-gcs-server through a loopback TLS-terminating forward proxy with a throwaway CA (tests/support/tls_proxy.py).
 """
 import os
 

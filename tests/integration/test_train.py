@@ -144,7 +144,7 @@ def test_a_run_with_weight_ema_exports_predicts_and_serves_the_averaged_weights(
 def test_kill_minus_nine_during_a_background_checkpoint_write_then_resume_ends_with_the_same_weights(
         tmp_path, straight_run):
     resumed, log = tmp_path / "resumed", tmp_path / "first.log"
-    # The background write of ckpt-10 is held half-done (tests/hooked_train.py --hold-write): its data is in
+    # The background write of ckpt-10 is held half-done (tests/support/hooked_train.py --hold-write): its data is in
     # <prefix>_temp/, its index not written. Training goes on meanwhile, up to the save of ckpt-15, which waits for it.
     process = start_with_held_write(10, [*TINY, f"run.dir={resumed}"], tmp_path / "events", log)
     assert list((resumed / "checkpoints").glob("ckpt-10-*_temp/*")), "the write's data files were not there"

@@ -1,7 +1,5 @@
-"""Test-time augmentation (job/tta.py; docs/configuration.md "Recipes"): flip TTA is the mean of the model's logits on
-the images
-and on their mirror images, flip-translate adds the +-2 px translations, and a run evaluated with it stores and
-reports the figures with and without it while its export stays TTA-free."""
+"""Test-time augmentation in a real run (docs/configuration.md "Recipes"): the run stores and reports the figures
+with and without it while its export stays TTA-free; evaluate takes a mode and refuses an unknown one."""
 from __future__ import annotations
 
 import json

@@ -130,7 +130,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_retry_resumes_from_its_che
                              "4", "--", *tune_args], cwd=ROOT, env=trainer_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        ChildLines(held, "the held tune worker (tests/hooked_tune.py)").until(
+        ChildLines(held, "the held tune worker (tests/support/hooked_tune.py)").until(
             lambda line: line.startswith("HELD"), 600, "the first trial to be held after its checkpoint at step 4")
         run0 = study_dir / "trials" / "0"
         assert any(p.name.startswith("ckpt-4") and p.name.endswith(".commit.json")

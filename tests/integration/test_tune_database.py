@@ -1,7 +1,8 @@
 """PostgreSQL stopped in the middle of a tune study (README, tuning: "the study database"): the worker waits and
 retries, and goes on when the server is back; past the bound it stops with one line, and the same command finishes the
 study. No trial is lost or counted twice. The moment is made by construction: the server is stopped while the trial
-is held after a committed checkpoint (tests/hooked_tune.py), and the trial's next database call comes after it."""
+is held after a committed checkpoint (tests/support/hooked_tune.py), and the trial's next database call comes after
+it."""
 from __future__ import annotations
 
 import json

@@ -4,7 +4,8 @@ fake-gcs-server on the host's loopback; the container is stopped with SIGTERM mi
 pod would be, and started again.
 
 No MPI Operator runs here, so the ranks run in the launcher's container (mpirun starts them locally instead of over
-ssh in worker pods); what a worker pod adds, sshd and the worker-side relay, is shown by tests/test_sigterm.py.
+ssh in worker pods); what a worker pod adds, sshd and the worker-side relay, is shown by
+tests/integration/test_sigterm.py.
 
 Passes when:
   1. the first run exits 75 (relay -> SIGUSR1 -> mpirun -> every rank stops after the same step; the chief commits,

@@ -13,8 +13,9 @@ Passes when:
 
 Usage: python -m tests.rehearsal.rehearse_tune --image localhost/cifar-job:TAG [--out DIR]
 (docker/rehearse.sh builds the image and calls it.) Needs root podman set up by docker/podman-setup.sh and Debian's
-postgresql (tests/tools/install.sh): the database is a server of the rehearsal's own (tests/postgres_server.py), run
-as the postgres user on 127.0.0.1. Logs (worker-<i>.log), the derived tune-pods.yaml and the leaderboard go to --out.
+postgresql (tests/tools/install.sh): the database is a server of the rehearsal's own (tests/support/postgres_server.py),
+run as the postgres user on 127.0.0.1. Logs (worker-<i>.log), the derived tune-pods.yaml and the leaderboard go to
+--out.
 """
 from __future__ import annotations
 

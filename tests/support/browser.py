@@ -1,7 +1,7 @@
-"""Headless Chromium for the tests that look at pages (tests/test_report.py, tests/test_serve_page.py): Debian's
-chromium + chromium-driver (tests/tools/install.sh), driven by Selenium with the driver's path given explicitly, so
-Selenium's own driver manager never tries the network. Screenshots go to one folder per test module, JOB_TEST_ARTIFACTS
-when it is set (CI keeps it), printed at the start otherwise.
+"""Headless Chromium for the tests that look at pages (tests/integration/test_report.py,
+tests/integration/test_serve_page.py): Debian's chromium + chromium-driver (tests/tools/install.sh), driven by Selenium
+with the driver's path given explicitly, so Selenium's own driver manager never tries the network. Screenshots go to one
+folder per test module, JOB_TEST_ARTIFACTS when it is set (CI keeps it), printed at the start otherwise.
 
     @pytest.fixture(scope="module")
     def browser():

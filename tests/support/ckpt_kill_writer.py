@@ -1,6 +1,6 @@
-"""The victim of test_checkpoint's kill test: a writer that resumes from the newest committed checkpoint of a run URL
-and saves checkpoints in a loop until it is SIGKILLed. Every checkpoint holds values derived from its step, so a reader
-can tell a consistent restore from a mixed one.
+"""The victim of tests/integration/test_checkpoint_gcs.py's kill test: a writer that resumes from the newest committed
+checkpoint of a run URL and saves checkpoints in a loop until it is SIGKILLed. Every checkpoint holds values derived
+from its step, so a reader can tell a consistent restore from a mixed one.
 
 Importing TensorFlow takes seconds, so this process imports it once and forks one writer per trial (before any TF
 op has run, so the child initialises TF's runtime itself). Protocol on stdin/stdout, one line each:

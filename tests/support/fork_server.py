@@ -1,5 +1,6 @@
-"""The line protocol of the tests' fork servers (tests/trainer_fork_server.py, tests/ckpt_kill_writer.py): a process
-that has imported TensorFlow once forks one child per "start" and SIGKILLs it on "kill". Standard library only."""
+"""The line protocol of the tests' fork servers (tests/support/trainer_fork_server.py,
+tests/support/ckpt_kill_writer.py): a process that has imported TensorFlow once forks one child per "start" and SIGKILLs
+it on "kill". Standard library only."""
 from __future__ import annotations
 
 import os

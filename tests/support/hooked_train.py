@@ -1,4 +1,4 @@
-"""`python -m job train` with two test hooks added, for tests/test_hooks.py and the two-worker hook test:
+"""`python -m job train` with two test hooks added, for tests/integration/test_hooks.py and the two-worker hook test:
 
     python -m tests.support.hooked_train --events DIR [--stop-at-step N] -- TRAIN ARGS...
 

@@ -1,4 +1,5 @@
-"""Loaded by schemathesis (its `hooks` setting; tests/test_serve_openapi.py): what an image is, for the fuzzer.
+"""Loaded by schemathesis (its `hooks` setting; tests/integration/test_serve_openapi.py): what an image is, for the
+fuzzer.
 
 POST /v1/predict's description says each file part is one of job/serve/app.py IMAGE_MEDIA_TYPES. schemathesis has no
 generator for those types of its own (it sends any bytes, or a zip or a PDF, as "binary"), so this registers one per

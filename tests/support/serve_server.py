@@ -1,5 +1,5 @@
 """`python -m job serve` as a real process, and a small HTTP client for it (standard library only: urllib and
-http.client), for tests/test_serve.py, tests/test_serve_page.py and bench/serving.py.
+http.client), for tests/integration/test_serve.py, tests/integration/test_serve_page.py and bench/serving.py.
 
     server = ServeProcess.start(["--run-dir", str(run)], log_path=tmp / "serve.log")
     try:

@@ -11,7 +11,7 @@ import pytest
 from tests.support.trainer_runs import run_job
 
 DIGITS_RUN_ARGS = ("model.name=simple_cnn", "optim.lr=0.02", "train.epochs=4", "train.seed=3",
-                   "export.litert=true")  # its LiteRT exports: tests/test_litert.py
+                   "export.litert=true")  # its LiteRT exports: tests/integration/test_litert.py
 
 
 @pytest.fixture(scope="session")

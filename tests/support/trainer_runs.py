@@ -32,7 +32,8 @@ def user_env(**extra: str) -> dict[str, str]:
 
 
 # The LiteRT exports (conversion, int8 calibration, their test-set evaluation) cost seconds at the end of every run;
-# the suite's runs switch them off unless a test asks for them (export.litert=true: tests/trained_model.py's run).
+# the suite's runs switch them off unless a test asks for them (export.litert=true: tests/support/trained_model.py's
+# run).
 LITERT_OFF = "export.litert=false"
 
 

@@ -1,7 +1,7 @@
-"""Every numeric option of every subcommand refuses zero, negative, non-numeric, nan and inf values in one line on
-stderr with exit 2, printing nothing else and importing no TensorFlow. The options are found by walking the parser,
-so a numeric option added later is covered (or fails test_every_numeric_option_has_a_validator).
-docs/runs.md (exit codes): "`2` bad input (one line on stderr says what and how to fix it ...)"."""
+"""Every numeric option of every subcommand has a validator that refuses zero, negative, non-numeric, nan and inf
+values. The options are found by walking the parser, so a numeric option added later is covered (or fails
+test_every_numeric_option_has_a_validator). The one-line exit-2 errors in a real process:
+tests/integration/test_cli_number_errors.py."""
 from __future__ import annotations
 
 import argparse

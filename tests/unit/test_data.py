@@ -1,4 +1,5 @@
-"""The data layer: archive loading and its failures, splits, the tf.data pipelines and the preprocessing layer."""
+"""The data layer: archive loading and its failures, splits, the tf.data pipelines and the preprocessing layer
+(downloads and archives in a bucket: tests/integration/test_data_sources.py)."""
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
-"""job/gradcam.py: one Grad-CAM for every family, nested ImageNet backbones included, tested for meaning."""
+"""job/gradcam.py: one Grad-CAM for every family, nested ImageNet backbones included (the map of a trained model,
+tested for meaning: tests/integration/test_gradcam_training.py)."""
 import keras
 import numpy as np
 import pytest

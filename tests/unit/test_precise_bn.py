@@ -1,7 +1,6 @@
 """BatchNorm recalibration (job/precise_bn.py, docs/configuration.md "Recipes"): the recomputed statistics are the
-population
-statistics of each layer's input over the K calibration batches, on one process and summed over two workers; frozen
-layers keep theirs; a short run validates far above chance with it and near chance without."""
+population statistics of each layer's input over the K calibration batches, which depend on seed and epoch alone;
+frozen layers keep theirs (real runs, one process and two workers: tests/integration/test_precise_bn_runs.py)."""
 from __future__ import annotations
 
 import keras

@@ -1,7 +1,7 @@
 """job/serve/batcher.py in process, with a predict function that records its calls and can be held (a threading.Event)
 so the batcher is busy by construction while requests queue. No model: the batcher's contract is about rows (each
 request gets its own rows back), which a row-wise function shows exactly. The server-level checks are in
-tests/test_serve_concurrency.py."""
+tests/integration/test_serve_concurrency.py."""
 from __future__ import annotations
 
 import threading

@@ -1,7 +1,6 @@
 """Test-time augmentation (job/tta.py; docs/configuration.md "Recipes"): flip TTA is the mean of the model's logits on
-the images
-and on their mirror images, flip-translate adds the +-2 px translations, and a run evaluated with it stores and
-reports the figures with and without it while its export stays TTA-free."""
+the images and on their mirror images, flip-translate adds the +-2 px translations (a run evaluated with it:
+tests/integration/test_tta_runs.py)."""
 from __future__ import annotations
 
 import os
