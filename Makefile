@@ -47,9 +47,9 @@ FAIL_ON_SKIPS := JOB_FAIL_ON_UNLISTED_SKIPS=1
 test: dev
 	$(FAIL_ON_SKIPS) $(PY) -m pytest $(PYTEST_ARGS)
 
-## the quick part of the suite, for the edit-test loop
+## the unit tests (tests/unit/: no process, no server; a few minutes), for the edit-test loop
 test-fast: dev
-	$(FAIL_ON_SKIPS) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(FAIL_ON_SKIPS) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 ## ruff on the whole repository (ruff.toml); CI runs it
 lint: dev

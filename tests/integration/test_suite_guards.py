@@ -91,7 +91,7 @@ def run_guarded(pytester, allowed: str, *files: str, **sources: str):
     (pytester.path / "allowed.txt").write_text(allowed)
     pytester.makepyfile(**sources)
     # In this process: the time limit's plugin is left out, as its SIGALRM timer would replace this test's own.
-    return pytester.runpytest("-p", "skip_guard", "-p", "no:timeout", "-p", "no:cacheprovider", *files)
+    return pytester.runpytest("-p", "tests.support.skip_guard", "-p", "no:timeout", "-p", "no:cacheprovider", *files)
 
 
 def test_an_unlisted_skip_fails_the_run_and_is_named(pytester, monkeypatch):
