@@ -1,4 +1,5 @@
-"""Distributed backends: version table, cluster discovery, and real two-process runs on 127.0.0.1 (CPU).
+"""Distributed backends in real two-process runs on 127.0.0.1 (CPU); the version table, cluster discovery and the
+peer-loss errors: tests/unit/test_distribute_config.py.
 
 Two kinds of process tests:
   - tests/support/dist_train.py, a minimal custom loop written only against the Backend interface, on two workers:
@@ -27,10 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from job.distribute.errors import is_peer_lost_error  # noqa: E402
-from job.distribute.multiworker import tf_config_from_env, worker_position  # noqa: E402
-from job.distribute.versions import check_version_combo, check_versions  # noqa: E402
-from job.errors import EXIT_PEER_LOST, ConfigError, UserError  # noqa: E402
+from job.errors import EXIT_PEER_LOST  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 GLOBAL_BATCH = 8  # two workers x 4; dist_train.py has 32 examples, so 4 steps are one full epoch
@@ -49,89 +47,10 @@ needs_horovod = pytest.mark.skipif(not HOROVOD, reason="horovod is not installed
 # ---------------------------------------------------------------------------------------------------- versions
 
 
-def test_supported_combination_passes():
-    check_version_combo("horovod", "2.21.0", "3.15.1", "0.28.1")
-    check_version_combo("multiworker", "2.21.3", "3.10.0")
-
-
-def test_installed_versions_are_supported():
-    check_versions("multiworker")
-
-
-@pytest.mark.parametrize(
-    "backend,tf_version,keras_version,horovod_version,named",
-    [
-        ("horovod", "2.20.0", "3.15.1", "0.28.1", "tensorflow 2.20.0"),
-        ("multiworker", "2.21.0", "2.15.0", None, "keras 2.15.0"),
-        ("horovod", "2.21.0", "3.15.1", "0.28.0", "horovod 0.28.0"),
-        ("horovod", "2.21.0", "3.15.1", None, "horovod not installed"),
-        ("multiworker", None, "3.15.1", None, "tensorflow not installed"),
-    ],
-)
-def test_unsupported_combination_is_refused_in_one_line(backend, tf_version, keras_version, horovod_version, named):
-    with pytest.raises(UserError) as info:
-        check_version_combo(backend, tf_version, keras_version, horovod_version)
-    message = str(info.value)
-    assert named in message
-    assert "supported: tensorflow ==2.21.* with keras >=3.10,<4" in message
-    assert "\n" not in message
-
-
 # ---------------------------------------------------------------------------------------------------- cluster
 
 
-def test_indexed_job_env_builds_the_cluster():
-    env = {"JOB_COMPLETION_INDEX": "1", "WORKER_HOSTS": "train-0.train:2222, train-1.train:2222"}
-    tf_config = tf_config_from_env(env)
-    assert tf_config == {"cluster": {"worker": ["train-0.train:2222", "train-1.train:2222"]},
-                         "task": {"type": "worker", "index": 1}}
-    assert worker_position(tf_config) == (1, 2)
-
-
-def test_tf_config_wins_and_chief_is_worker_zero():
-    tf_config = {"cluster": {"chief": ["c:1"], "worker": ["w0:1", "w1:1"]}, "task": {"type": "worker", "index": 1}}
-    env = {"TF_CONFIG": json.dumps(tf_config), "JOB_COMPLETION_INDEX": "0", "WORKER_HOSTS": "x:1"}
-    assert tf_config_from_env(env) == tf_config
-    assert worker_position(tf_config) == (2, 3)
-    assert worker_position({**tf_config, "task": {"type": "chief", "index": 0}}) == (0, 3)
-
-
-@pytest.mark.parametrize(
-    "env,named",
-    [
-        ({}, "TF_CONFIG, or JOB_COMPLETION_INDEX and WORKER_HOSTS"),
-        ({"JOB_COMPLETION_INDEX": "2", "WORKER_HOSTS": "a:1,b:1"}, "lists 2 workers"),
-        ({"JOB_COMPLETION_INDEX": "0", "WORKER_HOSTS": "a,b:1"}, "'a' is not host:port"),
-        ({"TF_CONFIG": "{not json"}, "TF_CONFIG is not valid"),
-        ({"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}'}, "task index 3"),
-    ],
-)
-def test_bad_cluster_env_is_a_config_error(env, named):
-    with pytest.raises(ConfigError, match=named):
-        tf_config_from_env(env)
-
-
 # ---------------------------------------------------------------------------------------------------- peer loss
-
-
-def test_peer_lost_errors_are_recognised():
-    assert is_peer_lost_error(tf.errors.UnavailableError(None, None, "recvmsg:Connection reset by peer"))
-    assert is_peer_lost_error(tf.errors.DeadlineExceededError(None, None, "collective timed out"))
-    horovod_text = "Horovod has been shut down. This was caused by an exception on one of the ranks"
-    assert is_peer_lost_error(tf.errors.UnknownError(None, None, horovod_text))
-    try:
-        try:
-            raise tf.errors.UnknownError(None, None, "gloo: Timed out waiting 15000ms for recv operation")
-        except tf.errors.UnknownError as e:
-            raise RuntimeError("step failed") from e
-    except RuntimeError as chained:
-        assert is_peer_lost_error(chained)
-
-
-def test_ordinary_errors_are_not_peer_loss():
-    assert not is_peer_lost_error(ValueError("shapes (4, 3) and (5,) are incompatible"))
-    assert not is_peer_lost_error(tf.errors.InvalidArgumentError(None, None, "logits and labels must match"))
-    assert not is_peer_lost_error(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"))
 
 
 # ---------------------------------------------------------------------------------------------------- processes
@@ -170,6 +89,22 @@ def _wait_all_ok(procs: list[subprocess.Popen], logs: list[Path], timeout: float
         _stop_all(procs)
     for p, log in zip(procs, logs):
         assert p.returncode == 0, f"exit {p.returncode}:\n{log.read_text()[-3000:]}"
+
+
+def run_on_two_workers(command: list[str], backend: str, out: Path, timeout: float = 600) -> list[Path]:
+    """`command` on two workers on 127.0.0.1, waited for until both exit 0: two processes placed as the pods of an
+    Indexed Job (multiworker) or two ranks under `horovodrun --gloo` (horovod). Returns their logs (horovodrun: one)."""
+    if backend == "multiworker":
+        ports = free_loopback_ports(2)
+        logs = [out / f"worker-{i}.log" for i in range(2)]
+        procs = [_start(command, _multiworker_env(i, ports), logs[i]) for i in range(2)]
+    else:
+        horovodrun = Path(sys.executable).parent / "horovodrun"
+        logs = [out / "horovodrun.log"]
+        env = _env(PATH=f"{horovodrun.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        procs = [_start([str(horovodrun), "--gloo", "-np", "2", "-H", "localhost:2", *command], env, logs[0])]
+    _wait_all_ok(procs, logs, timeout)
+    return logs
 
 
 def _wait_for_file(path: Path, procs: list[subprocess.Popen], logs: list[Path], timeout: float = 300) -> None:
@@ -355,27 +290,10 @@ def _assert_same_training(run_dir: Path, reference: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # two TF processes and a reference run
-def test_trainer_on_two_multiworker_processes_matches_one_process(tmp_path, single_process_trainer_run):
-    ports = free_loopback_ports(2)
+@pytest.mark.parametrize("backend", ["multiworker", pytest.param("horovod", marks=needs_horovod)])
+def test_trainer_on_two_workers_matches_one_process(tmp_path, single_process_trainer_run, backend):
     run_dir = tmp_path / "run"  # shared: the chief writes it, the other worker only takes part in the collectives
-    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
-    command = [*_job(run_dir, "multiworker"), *SEVERAL_STEPS_PER_CALL]
-    procs = [_start(command, _multiworker_env(i, ports), logs[i]) for i in range(2)]
-    _wait_all_ok(procs, logs)
-    assert "replica(s) on 2 worker(s)" in logs[0].read_text() and "(multiworker backend)" in logs[0].read_text()
-    _assert_same_training(run_dir, single_process_trainer_run)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)  # two TF processes and a reference run
-@needs_horovod
-def test_trainer_under_horovodrun_matches_one_process(tmp_path, single_process_trainer_run):
-    horovodrun = Path(sys.executable).parent / "horovodrun"
-    run_dir = tmp_path / "run"
-    log = tmp_path / "horovodrun.log"
-    env = _env(PATH=f"{horovodrun.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = _start([str(horovodrun), "--gloo", "-np", "2", "-H", "localhost:2", *_job(run_dir, "horovod"),
-                   *SEVERAL_STEPS_PER_CALL], env, log)
-    _wait_all_ok([proc], [log])
-    assert "replica(s) on 2 worker(s)" in log.read_text() and "(horovod backend)" in log.read_text()
+    logs = run_on_two_workers([*_job(run_dir, backend), *SEVERAL_STEPS_PER_CALL], backend, tmp_path)
+    log = logs[0].read_text()
+    assert "replica(s) on 2 worker(s)" in log and f"({backend} backend)" in log
     _assert_same_training(run_dir, single_process_trainer_run)

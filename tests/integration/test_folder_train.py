@@ -1,7 +1,6 @@
 """End to end on a folder of real images nobody here drew: scikit-learn's digits, written as PNG class folders by
 `python -m job export-data`, trained by the real CLI as a process (docs/own-images.md)."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from job.storage import open_storage
 from tests.integration.test_train import final_variables
-from tests.support.trainer_runs import free_loopback_ports, kill_hard, run_job, start_job, trainer_env, wait_for
+from tests.support.trainer_runs import kill_hard, run_job, start_job, trainer_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -123,29 +122,6 @@ def test_kill_minus_nine_then_resume_uses_the_cache_and_ends_with_the_uninterrup
     assert "changed since" in refused.stderr and "images added: 1, removed: 1, edited: 0" in refused.stderr
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = trainer_env()
-    for key in ("TF_CONFIG", "JOB_COMPLETION_INDEX", "WORKER_HOSTS"):  # the cluster is the test's, not the shell's
-        env.pop(key, None)
-    return {**env, **extra}
-
-
-def _run_all(commands_envs: list[tuple[list[str], dict]], logs: list[Path], timeout: float = 900) -> None:
-    repo = Path(__file__).resolve().parents[2]
-    procs = [subprocess.Popen(c, env=e, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=repo)
-             for (c, e), log in zip(commands_envs, logs)]
-    try:
-        for p in procs:
-            p.wait(timeout=timeout)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, f"exit {p.returncode}:\n{log.read_text()[-3000:]}"
-
-
 TWO_WORKERS = [*TINY[:2], "model.name=simple_cnn", "train.epochs=1", "train.max_steps_per_epoch=6",
                "train.batch_size=32", "distribute.collective_timeout_seconds=120", "export.litert=false"]
 
@@ -157,25 +133,18 @@ def _assert_decoded_once(run_dir: Path, text: str) -> None:
     assert json.loads((run_dir / "eval" / "metrics.json").read_text())["examples"] == 359
 
 
-def test_two_multiworker_processes_train_the_folder(digits_folder, tmp_path):
-    ports = free_loopback_ports(2)
-    run_dir, logs = tmp_path / "run", [tmp_path / f"worker-{i}.log" for i in range(2)]
-    command = [sys.executable, "-m", "job", "train", *TWO_WORKERS, *folder(digits_folder), f"run.dir={run_dir}",
-               "distribute.backend=multiworker"]
-    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
-    _run_all([(command, _env(JOB_COMPLETION_INDEX=str(i), WORKER_HOSTS=hosts)) for i in range(2)], logs)
+@pytest.mark.parametrize("backend", [
+    "multiworker",
+    pytest.param("horovod", marks=pytest.mark.skipif(not __import__("importlib").util.find_spec("horovod"),
+                                                     reason="horovod is not installed")),
+])
+def test_two_workers_train_the_folder(digits_folder, tmp_path, backend):
+    from tests.integration.test_distribute import run_on_two_workers
+
+    run_dir = tmp_path / "run"
+    logs = run_on_two_workers([sys.executable, "-m", "job", "train", *TWO_WORKERS, *folder(digits_folder),
+                               f"run.dir={run_dir}", f"distribute.backend={backend}"], backend, tmp_path, timeout=900)
     _assert_decoded_once(run_dir, "".join(log.read_text() for log in logs))
-
-
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("horovod"), reason="horovod is not installed")
-def test_two_horovod_ranks_train_the_folder(digits_folder, tmp_path):
-    horovodrun = Path(sys.executable).parent / "horovodrun"
-    run_dir, log = tmp_path / "run", tmp_path / "horovodrun.log"
-    env = _env(PATH=f"{horovodrun.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [str(horovodrun), "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, "-m", "job", "train",
-               *TWO_WORKERS, *folder(digits_folder), f"run.dir={run_dir}", "distribute.backend=horovod"]
-    _run_all([(command, env)], [log])
-    _assert_decoded_once(run_dir, log.read_text())
 
 
 def test_a_folder_run_at_another_image_size_exports_and_predicts_at_that_size(digits_folder, tmp_path):

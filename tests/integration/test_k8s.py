@@ -140,7 +140,7 @@ def job_argv(container: dict) -> list[str] | None:
 
 def container_argv(container: dict) -> list[str]:
     command, args = container.get("command"), container.get("args", [])
-    if command is None:  # the image's ENTRYPOINT, `python -m job` (tests/integration/test_dockerfiles.py checks)
+    if command is None:  # the image's ENTRYPOINT, `python -m job` (tests/unit/test_dockerfiles.py checks)
         command = JOB_COMMAND
     return list(command) + list(args)
 

@@ -3,7 +3,6 @@ with it and near chance without; two workers (multiworker, horovod) recalibrate 
 process stores what it recomputes."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from job import data as datalib
 from job.distribute.base import Shard
 from job.distribute.local import SingleDeviceBackend
 from job.precise_bn import recalibrate, trainable_batchnorms
-from tests.support.trainer_runs import ROOT, free_loopback_ports, run_job, trainer_env
+from tests.support.trainer_runs import ROOT, run_job, trainer_env
 
 K, BATCH, SEED, EPOCH = 3, 32, 5, 1
 
@@ -84,32 +83,14 @@ def assert_summed_over_workers(run_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_two_multiworker_processes_recalibrate_over_both_workers_batches(tmp_path):
-    from tests.integration.test_distribute import _multiworker_env, _start, _wait_all_ok
+@pytest.mark.parametrize("backend", ["multiworker", "horovod"])
+def test_two_workers_recalibrate_over_both_workers_batches(tmp_path, backend):
+    from tests.integration.test_distribute import run_on_two_workers
 
-    ports = free_loopback_ports(2)
     run_dir = tmp_path / "run"
-    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
-    command = [sys.executable, "-m", "job", *TWO_WORKERS, f"run.dir={run_dir}", "distribute.backend=multiworker"]
-    procs = [_start(command, _multiworker_env(i, ports), logs[i]) for i in range(2)]
-    _wait_all_ok(procs, logs)
+    logs = run_on_two_workers([sys.executable, "-m", "job", *TWO_WORKERS, f"run.dir={run_dir}",
+                               f"distribute.backend={backend}"], backend, tmp_path)
     assert "replica(s) on 2 worker(s)" in logs[0].read_text()
-    assert_summed_over_workers(run_dir)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_two_horovod_ranks_recalibrate_over_both_workers_batches(tmp_path):
-    from tests.integration.test_distribute import _env, _start, _wait_all_ok
-
-    horovodrun = Path(sys.executable).parent / "horovodrun"
-    run_dir = tmp_path / "run"
-    log = tmp_path / "horovodrun.log"
-    env = _env(PATH=f"{horovodrun.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [str(horovodrun), "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, "-m", "job", *TWO_WORKERS,
-               f"run.dir={run_dir}", "distribute.backend=horovod"]
-    _wait_all_ok([_start(command, env, log)], [log])
-    assert "replica(s) on 2 worker(s)" in log.read_text()
     assert_summed_over_workers(run_dir)
 
 
