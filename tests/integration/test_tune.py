@@ -12,22 +12,12 @@ import pytest
 import yaml
 
 from tests.support.child_io import ChildLines
+from tests.support.spaces import QUICKLY_STALE, write_space
 from tests.support.trainer_runs import ROOT, job_command, run_job, trainer_env
 
 # Small, fast and deterministic trials: simple_cnn on digits, 6 steps an epoch.
 TRIAL_ARGS = ("model.name=simple_cnn", "train.max_steps_per_epoch=6", "train.deterministic=true",
               "checkpoint.every_steps=100")
-# A trial is retried only when a test causes it. Without a kill a late heartbeat (three TF processes on two cores) must
-# not pass for a dead worker, so the grace cannot expire; the kill test beats every second with 4 s of grace, and its
-# second worker waits for the dead trial to go stale (job/tune/worker.py), so that retry happens by construction.
-NEVER_STALE = {"grace_seconds": 86400}
-QUICKLY_STALE = {"heartbeat_seconds": 1, "grace_seconds": 4}
-
-
-def write_space(folder: Path, staleness: dict = NEVER_STALE, **space) -> Path:
-    path = folder / "space.yaml"
-    path.write_text(yaml.safe_dump({**staleness, **space}))
-    return path
 
 
 def tune(space: Path, study_dir: Path, *args: str, storage: str | None = None, timeout: float = 900):
@@ -215,12 +205,3 @@ def test_a_base_without_validation_and_a_bucket_without_database_are_refused(tmp
     result = run_job("tune", "--config", "digits_resnet20", "--space", str(path), "--study-dir", "gs://bucket/study",
                      env=trainer_env(JOB_TUNE_STORAGE=""))
     assert result.returncode == 2 and "needs a shared database" in result.stderr
-
-
-def test_the_example_space_of_the_readme_fits_its_base():
-    from job.tune.space import check_params_against_config, load_space
-
-    space = load_space(str(ROOT / "spaces" / "cifar10_resnet20_lr_wd.yaml"))
-    assert (space.trials, space.sampler, space.pruner) == (12, "tpe", "median")
-    check_params_against_config(space, "cifar10_resnet20", ["data.validation_split=0.1", "optim.schedule=cosine",
-                                                            "train.epochs=30"])

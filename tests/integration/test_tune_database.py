@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.integration.test_tune import TRIAL_ARGS, load, write_space
+from tests.integration.test_tune import TRIAL_ARGS, load
 from tests.support.postgres_server import PostgresServer
+from tests.support.spaces import write_space
 from tests.support.trainer_runs import ROOT, job_command, run_job, trainer_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a trial, an outage, then the whole study again

@@ -14,8 +14,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.integration.test_tune import TRIAL_ARGS, load, tune, write_space
+from tests.integration.test_tune import TRIAL_ARGS, load, tune
 from tests.support.child_io import ChildLines
+from tests.support.spaces import write_space
 from tests.support.trainer_runs import ROOT, job_command, run_job, stop_process, trainer_env, wait_for
 
 # 2 params x 3 values: 9 points. With the study's seed in every worker (the old way) the two workers and the restart
@@ -181,31 +182,6 @@ def test_a_failed_trial_is_shown_as_failed_and_not_counted_as_finished(tmp_path)
     assert "study fails is done: 1 of 2 trials finished, 1 failed" in result.stderr + result.stdout
     board = (study_dir / "leaderboard.txt").read_text()
     assert "failed" in board and "training diverged" in board, board
-
-
-def test_a_failed_draw_is_replaced_and_the_study_stops_after_as_many_failures_as_trials(tmp_path):
-    # README, tuning: a failed trial is replaced by a new draw, at most `trials` times. Real Optuna on SQLite; the
-    # trials are told their outcome directly (the worker's part is the test above).
-    from job.tune.draws import point_of
-    from job.tune.space import load_space
-    from job.tune.study import ERROR_ATTR, open_study, storage_url
-
-    space = load_space(str(write_space(tmp_path, study="replace", sampler="random", trials=2, params=DISCRETE)))
-    study = open_study(space, storage_url(None, str(tmp_path / "study")))
-    first = study.take_new()
-    first.set_user_attr(ERROR_ATTR, "training diverged")
-    study.study.tell(first, state=TrialState.FAIL)
-    assert (study.finished(), study.failed(), study.open_slots(), study.done()) == (0, 1, 2, False)
-    second = study.take_new()
-    assert second is not None
-
-    def point(trial):
-        return point_of(study.storage.get_trial(trial._trial_id))
-
-    assert point(second) != point(first) and set(point(second)) == set(DISCRETE)  # a new draw, not the failed values
-    second.set_user_attr(ERROR_ATTR, "training diverged")
-    study.study.tell(second, state=TrialState.FAIL)
-    assert study.done() and study.progress() == "0 of 2 trials finished, 2 failed"
 
 
 def test_space_choices_and_the_tune_help_come_from_the_registry(tmp_path):

@@ -272,3 +272,10 @@ def test_what_the_rules_allow():
     assert configlib.load_config("cifar100_resnet18", ["data.label_mode=coarse"]).data.label_mode == "coarse"
     synthetic = configlib.load_config("cifar10_resnet20", ["data.name=synthetic", "data.synthetic_examples=64"])
     assert synthetic.data.synthetic_examples == 64
+
+
+def test_calibration_images_must_be_positive():
+    # export.calibration_images: the int8 LiteRT export's calibration set (job/litert.py; docs/serving.md)
+    with pytest.raises(ConfigError, match=r"^export.calibration_images must be positive, got 0$"):
+        configlib.load_config("digits_resnet20", ["export.calibration_images=0"])
+    assert configlib.load_config("digits_resnet20").export.litert is True  # on for users; the suite turns it off
