@@ -29,9 +29,6 @@ def test_importing_the_registry_does_not_import_tensorflow():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
-# ---- architecture details the papers fix --------------------------------------------------------------------------
-
-
 # ---- saving -------------------------------------------------------------------------------------------------------
 
 

@@ -247,7 +247,7 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(tmp_path, args, mes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "empty"]
 
 
-# ------------------------------------------------------------------------------------------- numbers and speed
+# ---------------------------------------------------------------------------------------------------------------- gs://
 
 
 @pytest.mark.slow

@@ -102,12 +102,3 @@ def test_ordinary_errors_are_not_peer_loss():
     assert not is_peer_lost_error(ValueError("shapes (4, 3) and (5,) are incompatible"))
     assert not is_peer_lost_error(tf.errors.InvalidArgumentError(None, None, "logits and labels must match"))
     assert not is_peer_lost_error(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"))
-
-
-# ---------------------------------------------------------------------------------------------------- processes
-
-
-# --- the Backend contract, then losing a peer, with tests/support/dist_train.py ---------------------------------
-
-
-# --- the real trainer: two workers with batch b each end where one process with batch 2b ends -------------------
