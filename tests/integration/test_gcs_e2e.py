@@ -26,7 +26,7 @@ from job.rundir import RunDir
 from job.storage import open_storage
 from job.workcopy import folder_name
 
-# tests/ is on sys.path, and the fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_durable_server) come from
+# The fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_durable_server) come from
 # tests/support/gcs_server.py through conftest.py.
 from tests.support.child_io import ChildLines
 from tests.support.ckpt_kill_writer import make_checkpoint, set_state

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from job.storage import open_storage
 
-# tests/ is on sys.path; the fake-gcs-server fixtures (gcs_server, gcs_bucket) come from conftest.py.
+# The fake-gcs-server fixtures (gcs_server, gcs_bucket) come from conftest.py.
 from tests.support.tls_proxy import TlsProxy, free_port
 from tests.support.trainer_runs import kill_hard, start_job, trainer_env, wait_for
 
