@@ -40,16 +40,16 @@ train: install
 	$(PY) -m job train --config $(CONFIG) $(ARGS)
 
 # After `dev` every tool the tests use is installed, so a skip means a broken install: it fails the run unless
-# tests/allowed_skips.txt lists it (tests/skip_guard.py). A bare `pytest` only reports skips.
+# tests/allowed_skips.txt lists it (tests/support/skip_guard.py). A bare `pytest` only reports skips.
 FAIL_ON_SKIPS := JOB_FAIL_ON_UNLISTED_SKIPS=1
 
 ## the whole test suite, slow end-to-end tests included (what CI runs)
 test: dev
 	$(FAIL_ON_SKIPS) $(PY) -m pytest $(PYTEST_ARGS)
 
-## the quick part of the suite, for the edit-test loop
+## the unit tests (tests/unit/: no process, no server; a few minutes), for the edit-test loop
 test-fast: dev
-	$(FAIL_ON_SKIPS) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(FAIL_ON_SKIPS) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 ## ruff on the whole repository (ruff.toml); CI runs it
 lint: dev

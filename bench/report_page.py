@@ -23,7 +23,7 @@ def setup_report_page(preset: str, examples: int, epochs: int) -> Sides:
     from job.models.assembly import build_full_model
     from job.report.build import render_report
     from job.storage import LocalStorage
-    from tests.cifar_archives import CIFAR100_COARSE, CIFAR100_FINE, CIFAR100_FINE_TO_COARSE
+    from tests.support.cifar_archives import CIFAR100_COARSE, CIFAR100_FINE, CIFAR100_FINE_TO_COARSE
 
     run = Path(tempfile.mkdtemp(prefix="bench-report-"))
     atexit.register(shutil.rmtree, run, True)

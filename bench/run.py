@@ -1,7 +1,7 @@
 """`python -m bench.run`: run the benchmarks, print one table, write bench/results/<date>.json.
 
     python -m bench.run            the full suite (`make bench`), a few minutes on a 2-core machine
-    python -m bench.run --tiny     a smoke run of every code path at toy sizes (tests/test_bench.py)
+    python -m bench.run --tiny     a smoke run of every code path at toy sizes (tests/integration/test_bench.py)
 
 Sections: (1) training throughput of the project's loop vs Keras fit, (2) the input pipeline vs the rate the models
 consume images, (2b) data.name=folder: decoding photos into the cache against a plain Pillow loop, and the pipeline
@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def start_gcs():
-    """fake-gcs-server on 127.0.0.1 through the test suite's helper (tests/gcs_server.py); None if not installed."""
+    """fake-gcs-server on 127.0.0.1 through the test suite's helper (tests/support/gcs_server.py); None if not
+    installed."""
     try:
-        from tests.gcs_server import GcsServer
+        from tests.support.gcs_server import GcsServer
     except ImportError:
         return None
     server = GcsServer()

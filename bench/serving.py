@@ -166,7 +166,7 @@ def run_serving(suite) -> None:
 
 def serve_preset(suite, preset: str, folder: Path) -> dict:
     """One preset's serving figures; returns the worker's info (the model and files stay in `folder`)."""
-    from tests.serve_server import ServeProcess, multipart
+    from tests.support.serve_server import ServeProcess, multipart
 
     s = suite.settings
     (worker,) = suite.start([("serving", "serving", {

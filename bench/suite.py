@@ -27,7 +27,7 @@ class Suite:
         self.log_dir = log_dir
         self.gpus = gpus
         self.cores = cores
-        self.gcs = gcs  # tests/gcs_server.py's GcsServer, or None when fake-gcs-server is not installed
+        self.gcs = gcs  # tests/support/gcs_server.py's GcsServer, or None when fake-gcs-server is not installed
         self.peak_tflops = gpu_peak_tflops
         self.training_overrides = list(training_overrides)  # e.g. train.jit_compile=true, for both sides
         self.figures: list[Figure] = []

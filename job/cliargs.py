@@ -1,8 +1,8 @@
 """The command line's argument checks: numeric `type=` validators and a parser whose errors are one line.
 
 argparse checks a `type=` while parsing, before any command runs, so a bad number is refused in one line with exit 2
-and nothing imported (TensorFlow least of all). Every numeric option uses one of VALIDATORS (tests/test_cli_numbers.py
-walks the parser to make sure of it).
+and nothing imported (TensorFlow least of all). Every numeric option uses one of VALIDATORS
+(tests/unit/test_cli_numbers.py walks the parser to make sure of it).
 """
 from __future__ import annotations
 

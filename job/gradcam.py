@@ -5,8 +5,8 @@ The map is relu(sum over channels of gradient x activation) at each location of 
 the class's logit differentiated (the element-wise weighting of HiResCAM, Draelos & Carin 2020). Behind global
 average pooling (ResNets, the transfer heads) the gradient is the same at every location, so this is Grad-CAM's
 channel-averaged weighting exactly; behind Flatten and dense layers (simple_cnn) the averaged gradients cancel and
-Grad-CAM's map came out zero everywhere on a model that had learned its task perfectly (tests/test_gradcam.py),
-while this one points at the evidence.
+Grad-CAM's map came out zero everywhere on a model that had learned its task perfectly
+(tests/integration/test_gradcam_training.py), while this one points at the evidence.
 
 The textbook recipe, `keras.Model(model.inputs, [conv_layer.output, model.output])`, fails with "Graph disconnected"
 when the conv layer sits inside a nested Model (the transfer models' `backbone`): its output tensor belongs to the

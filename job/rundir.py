@@ -34,7 +34,7 @@ _MAX_BACKOFF = 30.0  # seconds between retries of a failing upload while trainin
 _CLOSING_BACKOFF = 1.0  # while close() waits, retry often so the queue drains soon after the bucket is back
 # Tests only, inert unless set: a regex; the first background task whose description matches it (e.g.
 # "checkpoint ckpt-10$") is announced with a warning "held for a test: <task>" and never run, nor anything queued after
-# it, so a test can kill the trainer with exactly the tasks before it done (tests/test_train.py).
+# it, so a test can kill the trainer with exactly the tasks before it done (tests/integration/test_train.py).
 TEST_HOLD_ENV = "JOB_TEST_HOLD_TASK"
 
 

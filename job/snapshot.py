@@ -12,8 +12,8 @@ so memory holds one snapshot, which the twins are: they are made at the first wr
 Why not TensorFlow's own `tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True)`, which does the same:
 with Keras 3 variables its second write fails ("tf.function only supports singleton tf.Variables created on the first
 call": keras/src/backend/tensorflow/core.py `_copy_trackable_to_cpu` creates a new tf.Variable at every copy, inside
-TensorFlow's compiled copy function). Checked with TF 2.21 and Keras 3.15; tests/test_snapshot.py keeps checking it, so
-the day it works this module can go.
+TensorFlow's compiled copy function). Checked with TF 2.21 and Keras 3.15; tests/unit/test_snapshot.py keeps checking
+it, so the day it works this module can go.
 """
 from __future__ import annotations
 

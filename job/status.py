@@ -2,7 +2,7 @@
 
 Reads the chief's status record (`status.json`, job/hooks/status.py), the newest checkpoint commit object, the final
 evaluation and the newest trainer log through job/storage.py only, so it answers in well under a second locally (it
-must not import job.checkpoint or anything else that imports TensorFlow; tests/test_status.py checks).
+must not import job.checkpoint or anything else that imports TensorFlow; tests/integration/test_status.py checks).
 """
 from __future__ import annotations
 

@@ -8,5 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # fake-gcs-server fixtures (gcs_server, gcs_bucket, gcs_outage_server); digits_run, a trained run (trained once);
 # a real PostgreSQL (postgres_server, session; postgres_database, a fresh database per test); skip_guard: a skip not in
-# tests/allowed_skips.txt fails `make test`; pytester: the tests of these plugins (tests/test_suite_guards.py)
-pytest_plugins = ["gcs_server", "trained_model", "postgres_server", "skip_guard", "pytester"]
+# tests/allowed_skips.txt fails `make test`; pytester: the tests of these plugins
+# (tests/integration/test_suite_guards.py)
+pytest_plugins = ["tests.support.gcs_server", "tests.support.trained_model", "tests.support.postgres_server",
+                  "tests.support.skip_guard", "pytester"]

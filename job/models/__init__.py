@@ -31,11 +31,11 @@ class ModelSpec:
     description: str
     build: Builder  # build(cfg, num_classes, image_shape) -> keras.Model
     # Learnable parameters of the published architecture with 10 classes (transfer: the ImageNet backbone without
-    # its top); None where no source gives one. tests/test_models.py checks the models against these.
+    # its top); None where no source gives one. tests/unit/test_models.py checks the models against these.
     published_params: int | None
     transfer: bool = False
     # Transfer models: len(backbone.layers) of the keras.applications no-top model, its input layer included (what
-    # model.unfreeze_top counts; tests/test_registries.py builds the backbones to check these numbers).
+    # model.unfreeze_top counts; tests/unit/test_registries.py builds the backbones to check these numbers).
     backbone_layers: int = 0
 
     def check(self, cfg: Config) -> None:

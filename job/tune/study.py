@@ -57,8 +57,8 @@ class Study:
     space: Space
     study_id: int
     created: bool = False  # this process created the study
-    # Called with the numbers of the stale trials a worker found, before it claims them (tests/hooked_tune.py holds
-    # two workers there, so both have seen the same dead trial before either claims it).
+    # Called with the numbers of the stale trials a worker found, before it claims them (tests/support/hooked_tune.py
+    # holds two workers there, so both have seen the same dead trial before either claims it).
     before_claiming_stale: Callable[[list[int]], None] | None = None
 
     # --- counting ------------------------------------------------------------------------------------------------

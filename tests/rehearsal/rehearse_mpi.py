@@ -4,7 +4,8 @@ fake-gcs-server on the host's loopback; the container is stopped with SIGTERM mi
 pod would be, and started again.
 
 No MPI Operator runs here, so the ranks run in the launcher's container (mpirun starts them locally instead of over
-ssh in worker pods); what a worker pod adds, sshd and the worker-side relay, is shown by tests/test_sigterm.py.
+ssh in worker pods); what a worker pod adds, sshd and the worker-side relay, is shown by
+tests/integration/test_sigterm.py.
 
 Passes when:
   1. the first run exits 75 (relay -> SIGUSR1 -> mpirun -> every rank stops after the same step; the chief commits,
@@ -23,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-from tests.gcs_server import GcsServer
 from tests.rehearsal.job_pod import expand_kube_vars, find, load_docs, tiny_train_yaml
 from tests.rehearsal.rehearse import (
     RUN_PREFIX,
@@ -37,6 +37,7 @@ from tests.rehearsal.rehearse import (
     rehearsal_arguments,
     report,
 )
+from tests.support.gcs_server import GcsServer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

