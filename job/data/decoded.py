@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from job import images
-from job.data.shards import ShardedImages, images_per_shard
+from job.data.shards import ShardedImages, file_sha256, images_per_shard
 from job.errors import DataError, UserError, first_line
 from job.storage import AlreadyExistsError, Storage, open_storage
 
@@ -156,40 +156,45 @@ def _decode_into(store: Storage, listing: FolderListing, key: str, cfg: DataConf
 
 
 class _ShardWriter:
-    """The decoded rows, cut into shards of `per_shard`: kept in memory, or (streamed) each written to a .npy file in
-    `staging` as it fills, so no more than one shard is held."""
+    """The decoded rows, cut into shards of `per_shard`: kept in memory, or (streamed) copied into one shard's buffer
+    and written to a .npy file in `staging` each time it fills, so no more than one shard is held."""
 
     def __init__(self, per_shard: int, staging: Path | None):
         self.per_shard, self.staging = per_shard, staging
-        self.pending: list[np.ndarray] = []
-        self.held: list[np.ndarray] = []  # in memory: every row; streamed: the part of a shard not yet written
+        self.held: list[np.ndarray] = []  # in memory: every row
+        self.buffer: np.ndarray | None = None  # streamed: the shard being filled, `fill` rows of it so far
+        self.fill = 0
         self.written: list[dict] = []  # streamed: {"name", "count", "sha256"} of the files written
         if staging is not None:
             staging.mkdir(parents=True, exist_ok=True)
 
     def add(self, rows: np.ndarray) -> None:
-        self.held.append(rows)
-        if self.staging is not None:
-            while sum(len(r) for r in self.held) >= self.per_shard:
-                joined = np.concatenate(self.held)
-                self._write_shard(joined[:self.per_shard])
-                self.held = [joined[self.per_shard:]]
+        if self.staging is None:
+            self.held.append(rows)
+            return
+        while len(rows):
+            if self.buffer is None:
+                self.buffer = np.empty((self.per_shard, *rows.shape[1:]), np.uint8)
+            n = min(len(rows), self.per_shard - self.fill)
+            self.buffer[self.fill:self.fill + n] = rows[:n]
+            self.fill, rows = self.fill + n, rows[n:]
+            if self.fill == self.per_shard:
+                self._write_shard(self.buffer)
+                self.fill = 0
 
     def _write_shard(self, rows: np.ndarray) -> None:
-        name = f"shard-{len(self.written):05d}.npy"
-        buffer = io.BytesIO()
-        np.save(buffer, rows, allow_pickle=False)
-        (self.staging / name).write_bytes(buffer.getvalue())
-        self.written.append({"name": name, "count": len(rows), "sha256": hashlib.sha256(buffer.getvalue())
-                             .hexdigest()})
+        path = self.staging / f"shard-{len(self.written):05d}.npy"
+        with open(path, "wb") as f:
+            np.save(f, rows, allow_pickle=False)  # straight from the buffer, no copy in memory
+        self.written.append({"name": path.name, "count": len(rows), "sha256": file_sha256(path)})
 
     def finish(self) -> np.ndarray | ShardedImages:
-        rest = np.concatenate(self.held) if self.held else np.zeros((0, 0, 0, 3), np.uint8)
         if self.staging is None:
-            return rest
-        if len(rest) or not self.written:
-            self._write_shard(rest)
-        self.held = []
+            return np.concatenate(self.held) if self.held else np.zeros((0, 0, 0, 3), np.uint8)
+        if self.fill or not self.written:
+            self._write_shard(self.buffer[:self.fill] if self.buffer is not None else np.zeros((0, 1, 1, 3),
+                                                                                               np.uint8))
+        self.buffer = None
         return ShardedImages([self.staging / s["name"] for s in self.written])
 
 
@@ -288,7 +293,7 @@ def _open_streamed(store: Storage, manifest: dict, key: str) -> DecodedSet:
     paths = []
     for shard in manifest["shards"]:
         path = local / shard["name"]
-        if store.is_remote and not (path.is_file() and _file_sha256(path) == shard["sha256"]):
+        if store.is_remote and not (path.is_file() and file_sha256(path) == shard["sha256"]):
             try:
                 store.get_file(shard["name"], path)  # to a temporary name, then renamed: other workers may copy too
             except UserError:
@@ -297,21 +302,13 @@ def _open_streamed(store: Storage, manifest: dict, key: str) -> DecodedSet:
                 raise DataError(f"cannot copy {store.url}/{shard['name']} to {path} ({type(e).__name__}: "
                                 f"{first_line(e)}); a streamed run needs the decoded size free in $TMPDIR "
                                 f"({tempfile.gettempdir()}): free it, or point TMPDIR at a larger disk") from None
-        if _file_sha256(path) != shard["sha256"]:
+        if file_sha256(path) != shard["sha256"]:
             raise DataError(f"decoded shard {store.url}/{shard['name']} does not match its checksum in the manifest "
                             f"(damaged); delete {store.url} to decode the folder again")
         paths.append(path)
     files = manifest["files"]
     kept = np.array([i for i, f in enumerate(files) if not f[5]], np.int64)
     return DecodedSet(ShardedImages(paths), kept, [files[i][3] for i in kept], manifest["skipped"])
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _checked(decoded: DecodedSet, listing: FolderListing, manifest: dict, cfg: DataConfig) -> DecodedSet:

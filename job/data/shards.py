@@ -7,6 +7,7 @@ until the kernel needs them back, while pread leaves them to the page cache, whi
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -29,7 +30,9 @@ class ShardedImages:
             for path in paths:
                 with open(path, "rb") as f:
                     version = np.lib.format.read_magic(f)
-                    file_shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    file_shape, fortran, dtype = read_header(f)
                     if dtype != np.uint8 or fortran or len(file_shape) != 4 or (shape and file_shape[1:] != shape):
                         raise ValueError(f"{path} is not a uint8 (n, S, S, 3) array like the other shards")
                     shape = file_shape[1:]
@@ -88,6 +91,14 @@ class _Descriptors:
     def __del__(self):
         for fd in self.fds:
             os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def select(images, index):
