@@ -68,7 +68,8 @@ class DataConfig:
     cache_dir: str = ""  # where the decoded images go (local or gs://); empty: decoded/ in the run directory
     max_unreadable_fraction: float = 0.01  # share of the images that may fail to decode (skipped and listed)
     max_pixels: int = 40_000_000  # an image with more pixels is refused
-    max_decoded_gb: float = 8.0  # the decoded images are held in memory: a larger folder is refused
+    max_decoded_gb: float = 8.0  # decoded images up to this size are held in memory; above, data.stream decides
+    stream: str = "auto"  # auto: stream from the shards above max_decoded_gb | always | never (refuse above it)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class Config:
 # (choices()).
 CHOICES = {
     "data.normalization": ("standardize", "gcn_zca", "none"),
+    "data.stream": ("auto", "always", "never"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant", "triangular"),
     "train.tta": TTA_MODES,

@@ -14,6 +14,7 @@ from job.data.splits import DATASETS, DatasetSpec, Splits, load_splits
 
 _LAZY = {  # name -> the module that defines it (and imports TensorFlow or Keras)
     "augmented_grid": "job.data.augment",
+    "as_images": "job.data.pipeline",
     "calibration_dataset": "job.data.pipeline",
     "eval_dataset": "job.data.pipeline",
     "steps_per_epoch": "job.data.pipeline",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from job.data.decoded import DecodedSet, listing_key, load_or_decode
+from job.data.shards import select
 from job.errors import DataError, UserError, first_line
 from job.layout import DATA_MANIFEST_FILE, DECODED_DIR
 from job.storage import open_storage
@@ -149,7 +150,8 @@ def _assemble(cfg: DataConfig, listing: FolderListing, key: str, cache_url: str,
                         f"data.test_split={cfg.test_split}; add images or change data.test_split")
     record = _run_record(cfg, listing, key, cache_url, decoded, split)
     x, y = decoded.images, labels
-    return Splits(x[train], y[train], x[val] if len(val) else None, y[val] if len(val) else None, x[test], y[test],
+    return Splits(select(x, train), y[train], select(x, val) if len(val) else None, y[val] if len(val) else None,
+                  select(x, test), y[test],
                   num_classes=len(listing.classes), class_names=list(listing.classes), record=record)
 
 

@@ -14,6 +14,9 @@ batch too is the same on any number of workers, and labels are soft (float32, on
 
 The image array is converted to one tensor that the map function captures and gathers from, rather than being sliced
 into the dataset graph element by element. There is no shuffle buffer to size: the permutation is a full shuffle.
+A streamed folder dataset (job/data/shards.py ShardedImages, docs/own-images.md) is gathered instead by reading the
+same indices' rows from its shard files: the same uint8 images go into the same augmentation, so its batches are
+those of the in-memory pipeline, bit for bit.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import tensorflow as tf
 from job.config import DataConfig
 from job.data.augment import augment_batch
 from job.data.mix import mix_batch
+from job.data.shards import ShardedImages
 from job.distribute.base import Shard
 from job.errors import ConfigError
 
@@ -75,6 +79,27 @@ def _global_batches(num_examples: int, shard: Shard, seed: int, epoch: int) -> n
     return order[: steps * global_batch].reshape(steps, global_batch)
 
 
+def as_images(x):
+    """What the pipelines gather from: an array as one tensor (convert it once per run, not per epoch), streamed
+    images as they are."""
+    return x if isinstance(x, ShardedImages) else tf.constant(x)
+
+
+def _gatherer(x):
+    """gather(ids) -> the uint8 images at positions `ids` of `x` (an array, a tensor, or ShardedImages)."""
+    if isinstance(x, ShardedImages):
+        shape = x.shape[1:]
+
+        def read(ids: tf.Tensor) -> tf.Tensor:
+            images = tf.numpy_function(x.take, [ids], tf.uint8)
+            images.set_shape([ids.shape[0], *shape])
+            return images
+
+        return read
+    images = tf.constant(x)
+    return lambda ids: tf.gather(images, ids)
+
+
 def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, seed: int, epoch: int,
                   skip_batches: int = 0) -> tf.data.Dataset:
     """(float32 images in [0, 255] after augmentation, int32 labels) batches of shard.batch_size, one epoch; with
@@ -82,7 +107,7 @@ def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, s
     batches = epoch_batch_indices(len(x), shard, seed, epoch)
     if not 0 <= skip_batches <= len(batches):
         raise ValueError(f"skip_batches={skip_batches} is outside the epoch's {len(batches)} batches")
-    images, labels = tf.constant(x), tf.constant(y, tf.int32)
+    gather, labels = _gatherer(x), tf.constant(y, tf.int32)
     batch_ids = tf.constant(batches)
     # One key per global batch, whatever the number of workers: each draws the global batch's random numbers and
     # keeps its part, so the run can resume on another number of workers with the same images.
@@ -94,10 +119,10 @@ def train_dataset(x: np.ndarray, y: np.ndarray, cfg: DataConfig, shard: Shard, s
     def load(step: tf.Tensor):
         ids = batch_ids[step]
         key = tf.random.experimental.stateless_fold_in(epoch_key, step)
-        return augment_batch(tf.gather(images, ids), key, augment, part), tf.gather(labels, ids)
+        return augment_batch(gather(ids), key, augment, part), tf.gather(labels, ids)
 
     if cfg.mix.enabled:
-        load = _mixing(load, images, labels, cfg, shard, partner_batch_indices(len(x), shard, seed, epoch), epoch_key)
+        load = _mixing(load, gather, labels, cfg, shard, partner_batch_indices(len(x), shard, seed, epoch), epoch_key)
 
     dataset = tf.data.Dataset.range(skip_batches, len(batches))
     dataset = dataset.map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
@@ -112,17 +137,17 @@ def calibration_dataset(x: np.ndarray, shard: Shard, seed: int, epoch: int, batc
     batches = max(1, min(batches, len(x) // global_batch))
     order = np.random.default_rng(_entropy(seed, epoch, 0xB4)).permutation(len(x))[: batches * global_batch]
     ids = order.reshape(batches, shard.num_shards, shard.batch_size)[:, shard.index, :]
-    images = tf.constant(x)
+    gather = _gatherer(x)
 
     def load(step: tf.Tensor):
-        taken = tf.gather(images, tf.constant(np.ascontiguousarray(ids, np.int32))[step])
+        taken = gather(tf.constant(np.ascontiguousarray(ids, np.int32))[step])
         return tf.cast(taken, tf.float32), tf.zeros([shard.batch_size], tf.int32)
 
     dataset = tf.data.Dataset.range(batches).map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)
     return dataset.prefetch(_PREFETCH_BATCHES).with_options(_OPTIONS)
 
 
-def _mixing(load, images, labels, cfg: DataConfig, shard: Shard, partners: np.ndarray, epoch_key):
+def _mixing(load, gather, labels, cfg: DataConfig, shard: Shard, partners: np.ndarray, epoch_key):
     """`load` followed by mixup/CutMix with the mirrored part of the global batch, augmented as that part."""
     from job.data.splits import DATASETS
 
@@ -138,7 +163,7 @@ def _mixing(load, images, labels, cfg: DataConfig, shard: Shard, partners: np.nd
             other_images, other_labels = own_images[::-1], own_labels[::-1]
         else:
             ids = partner_ids[step]
-            other_images = augment_batch(tf.gather(images, ids), key, cfg.augment, partner_part)[::-1]
+            other_images = augment_batch(gather(ids), key, cfg.augment, partner_part)[::-1]
             other_labels = tf.gather(labels, ids)[::-1]
         # a key of its own (folded from the batch's), so a batch's augmentation is the same with mixing on or off
         mix_key = tf.random.experimental.stateless_fold_in(key, _MIX_STREAM)
@@ -152,12 +177,18 @@ def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shard: Shard | N
     part."""
     lo, hi = shard_range(len(x), shard)
     n = hi - lo
-    images, labels = tf.constant(x[lo:hi]), tf.constant(y[lo:hi], tf.int32)
+    labels = tf.constant(y[lo:hi], tf.int32)
+    if isinstance(x, ShardedImages):
+        gather = _gatherer(x)
+        sliced = lambda start, end: gather(tf.range(start, end) + lo)  # noqa: E731
+    else:
+        images = tf.constant(x[lo:hi])
+        sliced = lambda start, end: images[start:end]  # noqa: E731
 
     def load(batch: tf.Tensor):
         start = tf.cast(batch, tf.int32) * batch_size
         end = tf.minimum(start + batch_size, n)
-        return tf.cast(images[start:end], tf.float32), labels[start:end]
+        return tf.cast(sliced(start, end), tf.float32), labels[start:end]
 
     dataset = tf.data.Dataset.range(-(-n // batch_size))
     dataset = dataset.map(load, num_parallel_calls=_PARALLEL_BATCHES, deterministic=True)

@@ -32,15 +32,19 @@ def fit_preprocessing(x_train: np.ndarray, mode: str) -> dict[str, np.ndarray]:
 
 
 def _channel_mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-channel mean and std; for uint8 from 256-bin histograms, built in chunks (no big float copy)."""
-    pixels = x.reshape(-1, x.shape[-1])
+    """Exact per-channel mean and std; for uint8 from 256-bin histograms, built in chunks of images (no big float
+    copy, and a streamed set, job/data/shards.py, is read a chunk at a time)."""
     if x.dtype != np.uint8:
+        pixels = x.reshape(-1, x.shape[-1])
         return pixels.mean(axis=0, dtype=np.float64), pixels.std(axis=0, dtype=np.float64)
-    histograms = np.zeros((pixels.shape[1], 256))
-    for start in range(0, len(pixels), 1 << 21):
-        for c in range(pixels.shape[1]):
-            histograms[c] += np.bincount(pixels[start:start + (1 << 21), c], minlength=256)
-    p = histograms / len(pixels)
+    channels = x.shape[-1]
+    histograms = np.zeros((channels, 256))
+    per_chunk = max(1, (1 << 21) // max(1, int(np.prod(x.shape[1:-1]))))  # about 2M pixels a chunk
+    for start in range(0, len(x), per_chunk):
+        pixels = np.asarray(x[start:start + per_chunk]).reshape(-1, channels)
+        for c in range(channels):
+            histograms[c] += np.bincount(pixels[:, c], minlength=256)
+    p = histograms / histograms[0].sum()
     values = np.arange(256.0)
     mean = p @ values
     var = (p * (values[None, :] - mean[:, None]) ** 2).sum(axis=1)

@@ -14,6 +14,7 @@ import numpy as np
 
 from job.data.archive import ARCHIVES, fetch_archive
 from job.data.cifar import fine_to_coarse_map, read_cifar10, read_cifar100
+from job.data.shards import select
 from job.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -21,14 +22,14 @@ if TYPE_CHECKING:
 
 IMAGE_SHAPE = (32, 32, 3)  # every built-in dataset is served at CIFAR's shape; a folder at data.image_size
 FOLDER_ONLY_KEYS = ("test_split", "split_seed", "cache_dir", "max_unreadable_fraction", "max_pixels",
-                    "max_decoded_gb")
+                    "max_decoded_gb", "stream")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 20151123  # fixed, so the digits test set never depends on train.seed
 
 
 @dataclass
 class Splits:
-    x_train: np.ndarray  # uint8 (N, 32, 32, 3)
+    x_train: np.ndarray  # uint8 (N, 32, 32, 3); a streamed folder's: job/data/shards.py ShardedImages
     y_train: np.ndarray  # int32 (N,)
     x_val: np.ndarray | None  # None when data.validation_split == 0
     y_val: np.ndarray | None
@@ -55,8 +56,8 @@ def load_splits(cfg: DataConfig, seed: int, run_dir: str = "") -> Splits:
                 f"data.validation_split={cfg.validation_split} leaves an empty train or validation set out of "
                 f"{len(splits.y_train)} examples; choose a fraction strictly between them"
             )
-        splits.x_val, splits.y_val = splits.x_train[val], splits.y_train[val]
-        splits.x_train, splits.y_train = splits.x_train[train], splits.y_train[train]
+        splits.x_val, splits.y_val = select(splits.x_train, val), splits.y_train[val]
+        splits.x_train, splits.y_train = select(splits.x_train, train), splits.y_train[train]
     return splits
 
 

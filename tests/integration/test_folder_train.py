@@ -91,19 +91,23 @@ def straight_folder_run(digits_folder, tmp_path_factory) -> Path:
     return run_dir
 
 
+# docs/own-images.md "Streaming": a streamed run reads the same batches, so it resumes exactly too, and ends with the
+# weights of the uninterrupted in-memory run.
+@pytest.mark.parametrize("stream", [[], ["data.stream=always"]], ids=["in_memory", "streamed"])
 def test_kill_minus_nine_then_resume_uses_the_cache_and_ends_with_the_uninterrupted_weights(
-        digits_folder, straight_folder_run, tmp_path):
+        digits_folder, straight_folder_run, tmp_path, stream):
     resumed, log = tmp_path / "resumed", tmp_path / "first.log"
     # As tests/integration/test_train.py: ckpt-10's commit held, so the kill lands mid-epoch with ckpt-5 the newest
     # commit.
-    process = start_job("train", *TINY, *folder(digits_folder), f"run.dir={resumed}", log_path=log,
+    process = start_job("train", *TINY, *folder(digits_folder), *stream, f"run.dir={resumed}", log_path=log,
                         env=trainer_env(JOB_TEST_HOLD_TASK=r"^checkpoint ckpt-10$"))
     wait_for(lambda: "held for a test: checkpoint ckpt-10" in log.read_text(), timeout=300, process=process,
              what="the commit of ckpt-10 to be held")
     kill_hard(process)
     assert "decoding 1797 images" in log.read_text()
+    assert ("streaming the decoded images" in log.read_text()) == bool(stream)
 
-    again = trained(resumed, *TINY, *folder(digits_folder))
+    again = trained(resumed, *TINY, *folder(digits_folder), *stream)
     assert "resuming from step 5" in again.stderr
     assert "using the decoded cache" in again.stderr and "decoding" not in again.stderr
     step_a, weights_a = final_variables(straight_folder_run)

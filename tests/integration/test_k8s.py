@@ -992,3 +992,57 @@ def test_kueue_queue_follows_the_namespace_and_cluster_scoped_kinds_have_none(tm
     assert one(docs, "LocalQueue")["metadata"]["namespace"] == "ns-under-test"
     _, template = jobset_workers(one(docs, "JobSet"))
     assert {c["image"] for c in template["spec"]["containers"]} == {"registry.test/team/trainer:7.7.7"}
+
+
+# --- the folder component (k8s/components/folder: docs/own-images.md) -------------------------------------------------
+@pytest.fixture(scope="module")
+def folder_rendered(tmp_path_factory) -> tuple[list[dict], str]:
+    """k8s/ rendered with `components: [components/folder]` and a bucket of the test's own; and that bucket."""
+    copy = tmp_path_factory.mktemp("k8s-folder") / "k8s"
+    shutil.copytree(K8S, copy)
+    kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
+    kustomization["components"] = ["components/folder"]
+    (generator,) = kustomization["configMapGenerator"]
+    generator["literals"] = [v if not v.startswith("bucket=") else "bucket=bucket-under-test"
+                             for v in generator["literals"]]
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return kustomize(copy), "bucket-under-test"
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_folder_component_renders_valid_hardened_manifests(version, folder_rendered, rendered, tmp_path):
+    docs, _ = folder_rendered
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in rendered), "the component adds or loses resources"
+    path = tmp_path / "rendered.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    out = subprocess.run([tool("kubernetes-validate"), "--strict", "-k", version, str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    uid, gid, image_home = image_user()
+    templates = all_pod_templates(docs)
+    assert len(templates) == 7
+    for label, template in templates:
+        assert_pod_hardened(label, template["spec"], uid, gid, image_home)
+
+
+def test_folder_component_trains_every_workload_on_the_bucket_folder_with_the_cache_in_the_bucket(
+        folder_rendered, tmp_path):
+    docs, bucket = folder_rendered
+    images = "gs://bucket-under-test/images/leaves"
+    trainers = [Trainer(d, label, t, c, docs, tmp_path) for d in docs for label, t in pod_templates(d)
+                for c in t["spec"]["containers"] if (job_argv(c) or [""])[0] == "train"]
+    assert sorted(t.label for t in trainers) == ["Job/cifar-train", "Job/cifar-train-mw",
+                                                 "MPIJob/cifar-train-hvd/Launcher"]
+    jobset = one(docs, "JobSet")["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(jobset)["DATA_DIR"] == images and "data.dir=$(DATA_DIR)" in jobset["args"]
+    for t in trainers:
+        data = t.cfg.data
+        assert (data.name, data.dir) == ("folder", images), t.label
+        # Decoded once into a bucket prefix every run and worker shares (its bucket is one of the component's EDITs).
+        assert data.cache_dir == "gs://YOUR_BUCKET/images/decoded", t.label
+    tuner = one(docs, "Job", "cifar-tune")["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args([expand(a, env_of(tuner)) for a in container_argv(tuner)[len(JOB_COMMAND):]])
+    tune_cfg = load_config(args.config, args.overrides)
+    assert (tune_cfg.data.name, tune_cfg.data.dir) == ("folder", images)
+    assert tune_cfg.data.cache_dir == trainers[0].cfg.data.cache_dir

@@ -281,11 +281,13 @@ def test_an_image_over_the_pixel_limit_is_refused(tmp_path):
     refused(root, tmp_path, "data.max_pixels=50000", match="dog/huge.png has 90,000 pixels, over data.max_pixels")
 
 
-def test_a_folder_over_the_memory_limit_is_refused_before_decoding(tmp_path):
-    # 20 images at 32x32x3 = 61,440 bytes decoded (docs/own-images.md: Limits)
-    message = refused(class_folders(tmp_path / "d"), tmp_path, "data.max_decoded_gb=0.00005",
-                      match="20 images at 32x32 take 61.4 kB decoded, over data.max_decoded_gb=5e-05")
-    assert "streaming from the shards is not implemented yet" in message
+def test_a_folder_over_the_memory_limit_is_refused_before_decoding_when_streaming_is_off(tmp_path):
+    # 20 images at 32x32x3 = 61,440 bytes decoded (docs/own-images.md: Streaming; with data.stream=auto it streams:
+    # tests/integration/test_folder_stream.py)
+    message = refused(class_folders(tmp_path / "d"), tmp_path, "data.max_decoded_gb=0.00005", "data.stream=never",
+                      match="20 images at 32x32 take 61.4 kB decoded, over data.max_decoded_gb=5e-05 with "
+                            "data.stream=never")
+    assert "set data.stream=auto to stream them" in message
     assert not (tmp_path / "cache").exists()
 
 
