@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import sys
 import tempfile
 import time
 
@@ -106,6 +107,7 @@ def train_and_test(preset: str, overrides: list[str], seed: int, batches: int, e
         result["top1_ema"] = _top1(parts, "off")
     parts.run.close(60.0)
     shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"[recipe] {' '.join(overrides[-2:])} seed {seed}: {result}", file=sys.stderr, flush=True)  # the worker log
     return result
 
 
