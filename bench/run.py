@@ -8,7 +8,9 @@ consume images, (2b) data.name=folder: decoding photos into the cache against a 
 fed from the decoded shards, (3) checkpoint blocking time (local, gs:// on a local fake-gcs-server) and the start-up
 of a resumed run, (4) peak RSS of every process, (5) on a GPU, the fraction of its peak the models reach, (6) the run
 report's time for a CIFAR-100 test set against predicting it, (7) `python -m job serve` under 1 and 8 concurrent clients
-(requests/s, p50/p99 latency) and `python -m job predict` on many files against calling the model directly.
+(requests/s, p50/p99 latency) and `python -m job predict` on many files against calling the model directly, (8) LiteRT
+exports, (9) the recipe: test top-1 on digits_noisy at a fixed step budget, each technique of docs/configuration.md
+"Recipes" on and off, over several seeds (`--sections recipe` runs it alone).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from bench.suite import Suite
 from bench.worker import ROOT
 
 RESULTS_DIR = ROOT / "bench" / "results"
-SECTIONS = ("training", "pipeline", "folder", "checkpoint", "report", "serving", "litert")
+SECTIONS = ("training", "pipeline", "folder", "checkpoint", "report", "serving", "litert", "recipe")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             suite.run_section("(7) serving and predict", suite.serving)
         if "litert" in sections:
             suite.run_section("(8) LiteRT exports", suite.litert)
+        if "recipe" in sections:
+            suite.run_section("(9) the recipe: test top-1 at a fixed step budget", suite.recipe)
     finally:
         if gcs:
             gcs.stop()

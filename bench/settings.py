@@ -87,6 +87,18 @@ class Settings:
     # per trial
     litert_cases: tuple[tuple[str, str], ...] = (("simple_cnn", "cifar10_simple_cnn"), ("resnet20", "cifar10_resnet20"))
     litert_images: int = 300
+    # (9) the recipe: test top-1 of a BatchNorm model on digits_noisy (a task made not to saturate) at a fixed step
+    # budget, each technique on and off, over these seeds (bench/recipe.py). 6 epochs of 11 steps of 128 images.
+    recipe_preset: str = "digits_resnet20"
+    recipe_overrides: tuple[str, ...] = ("data.name=digits_noisy", "data.validation_split=0", "train.batch_size=128")
+    recipe_epochs: int = 6
+    recipe_seeds: tuple[int, ...] = (0, 1, 2)
+    recipe_recalibration_batches: int = 20  # the trainer's default (11 here: all the full batches 1,438 images hold)
+    recipe_ema_decay: float = 0.9  # a short run: the initial weights' share is 0.9^66 = 0.1% at the end
+    recipe_mixup: float = 0.8  # timm's defaults
+    recipe_cutmix: float = 1.0
+    recipe_smoothing: float = 0.2  # the fast preset's (airbench's)
+    recipe_peak: float = 0.23  # the triangular schedule's peak, as a share of the run (the fast preset's)
     pipeline_goal_ratio: float = 20.0
     pipeline_goal_per_core: float = 20_000.0
 
@@ -121,6 +133,11 @@ FULL = Settings(
 
 TINY = Settings(
     mode="tiny",
+    # the harness, not the recipe: a small model without BatchNorm traces fast; 2 steps per run
+    recipe_overrides=("data.name=digits_noisy", "data.validation_split=0", "train.batch_size=32",
+                      "train.max_steps_per_epoch=2", "model.name=simple_cnn", "train.eval_batch_size=500"),
+    recipe_epochs=1,
+    recipe_seeds=(0, 1),
     litert_cases=(("simple_cnn", "cifar10_simple_cnn"),),
     litert_images=10,
     folder_images=24,

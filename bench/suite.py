@@ -317,6 +317,12 @@ class Suite:
 
         run_litert(self)
 
+    # ------------------------------------------------------------------------------------------- (9) the recipe
+    def recipe(self) -> None:
+        from bench.recipe import run_recipe  # the section's parts: bench/recipe.py
+
+        run_recipe(self)
+
     # -------------------------------------------------------------------------------------- (3) checkpoints
 
     def checkpoints(self) -> None:

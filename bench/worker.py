@@ -33,6 +33,7 @@ KINDS = {
     "report": "bench.report_page:setup_report_page",
     "serving": "bench.serving:setup_serving",
     "litert": "bench.litert:setup_litert",
+    "recipe": "bench.recipe:setup_recipe",
 }
 
 

@@ -25,7 +25,7 @@ from job.distribute import Backend, make_backend
 from job.ema import WeightAverage
 from job.layout import CLASSES_FILE, DATA_MANIFEST_FILE
 from job.metrics import best_metric
-from job.models.assembly import PREPROCESS_LAYER, build_full_model, is_transfer, set_phase
+from job.models.assembly import PREPROCESS_LAYER, build_full_model, initialize_network_from_data, is_transfer, set_phase
 from job.optim import make_optimizer
 from job.runconfig import check_run_config, load_run_config, store_run_config
 from job.rundir import RunDir
@@ -91,14 +91,16 @@ class RunParts:
         return int(self.state.step.numpy())
 
     def restore_or_initialize(self) -> Committed | None:
-        """Restore the newest committed checkpoint, or fit the preprocessing statistics for a fresh start; then make
-        every worker hold the chief's values. Returns the checkpoint restored, if any."""
+        """Restore the newest committed checkpoint, or fit the preprocessing statistics (and a model's initialisation
+        from the data, job/models/assembly.py) for a fresh start; then make every worker hold the chief's values.
+        Returns the checkpoint restored, if any."""
         latest = self.store.latest()
         if latest is not None:
             self.store.restore(self.checkpoint, latest)
         else:
             stats = datalib.fit_preprocessing(self.splits.x_train, self.cfg.data.normalization)
             self.model.get_layer(PREPROCESS_LAYER).set_stats(stats)
+            initialize_network_from_data(self.model, self.cfg, self.splits.x_train)
         self.backend.broadcast_initial_state(self.model.variables + self.optimizer.variables)
         _check_same_step(self.backend, self.step)
         return latest

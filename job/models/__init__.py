@@ -37,6 +37,9 @@ class ModelSpec:
     # Transfer models: len(backbone.layers) of the keras.applications no-top model, its input layer included (what
     # model.unfreeze_top counts; tests/unit/test_registries.py builds the backbones to check these numbers).
     backbone_layers: int = 0
+    # "module:function" of an initialisation from the training data, run on a fresh start only (a resume restores the
+    # weights): function(network, images) with the normalised images the network sees (job/models/assembly.py)
+    data_init: str = ""
 
     def check(self, cfg: Config) -> None:
         """Refuse settings this family cannot honour. Config validation calls it, before TensorFlow starts."""
@@ -143,6 +146,7 @@ _SPECS = [
         "fast CIFAR-10 recipe's",
         _lazy("airbench", "airbench94"),
         published_params=None,  # the paper gives widths, not a count (1.97M built here with 10 classes)
+        data_init="airbench:init_whitening",  # the stem whitens 2x2 patches of the training images
     ),
     ModelSpec(
         "vgg16_imagenet",
@@ -167,6 +171,16 @@ _SPECS = [
 ]
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def initialize_from_data(name: str, network: keras.Model, images) -> bool:
+    """Run model `name`'s data initialisation (ModelSpec.data_init) on `network`; False if it has none."""
+    spec = MODELS[name]
+    if not spec.data_init:
+        return False
+    module, function = spec.data_init.split(":")
+    getattr(importlib.import_module(f"job.models.{module}"), function)(network, images)
+    return True
 
 
 def build_model(cfg: ModelConfig, num_classes: int, image_shape: tuple = (32, 32, 3)) -> keras.Model:

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import keras
+import numpy as np
 from keras.src.random import seed_generator
 
 from job.data import Preprocess
-from job.models import MODELS, build_model, set_transfer_phase
+from job.models import MODELS, build_model, initialize_from_data, set_transfer_phase
 
 if TYPE_CHECKING:
     from job.config import Config
@@ -32,6 +33,22 @@ def build_full_model(cfg: Config, num_classes: int, image_shape: tuple[int, ...]
         network.name = NETWORK_LAYER
         outputs = network(x)
         return keras.Model(inputs, outputs, name=f"{cfg.model.name}_{cfg.data.name}")
+
+
+DATA_INIT_IMAGES = 5000  # the first this many training images (airbench94's sample for its whitening)
+
+
+def initialize_network_from_data(model: keras.Model, cfg: Config, x_train: np.ndarray) -> bool:
+    """A fresh start's data-dependent initialisation of the network (ModelSpec.data_init, e.g. airbench94's whitened
+    stem), from the first DATA_INIT_IMAGES training images as the network sees them: through the model's preprocessing
+    layer, whose statistics must be set. A pure function of the training images, so of the data and train.seed."""
+    if not MODELS[cfg.model.name].data_init:
+        return False
+    preprocess = model.get_layer(PREPROCESS_LAYER)
+    sample = x_train[:DATA_INIT_IMAGES]
+    images = np.concatenate([np.asarray(preprocess(sample[i:i + 500].astype(np.float32)))
+                             for i in range(0, len(sample), 500)])
+    return initialize_from_data(cfg.model.name, model.get_layer(NETWORK_LAYER), images)
 
 
 def is_transfer(cfg: Config) -> bool:
