@@ -42,9 +42,9 @@ def setup_folder(images: int, preset: str, overrides: list[str], pipeline_images
             crop.save(path, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     trial_number = iter(range(1_000_000))
 
-    def cfg_for(ext: str, cache: Path):
+    def cfg_for(ext: str, cache: Path, stream: str = "auto"):
         return load_config(preset, ["data.name=folder", f"data.dir={work / ext}", f"data.cache_dir={cache}",
-                                    "data.validation_split=0", *overrides])
+                                    "data.validation_split=0", f"data.stream={stream}", *overrides])
 
     def job_decode(ext: str) -> dict:
         cfg = cfg_for(ext, work / f"cache-{next(trial_number)}")  # a new cache: every trial decodes
@@ -65,16 +65,18 @@ def setup_folder(images: int, preset: str, overrides: list[str], pipeline_images
     shard = Shard(num_shards=1, index=0, batch_size=shards_cfg.train.batch_size)
     epochs = iter(range(1_000_000))
 
-    def pipeline_from_shards() -> dict:
-        """The shards read and verified, then epochs drained (at least `pipeline_images` images, the first batch of
-        each epoch untimed, as in bench/pipeline.py)."""
+    streamed_cfg = cfg_for("png", work / "cache-shards", stream="always")  # the same cache, read by index
+
+    def pipeline_from_shards(cfg) -> dict:
+        """The shards read and verified (into memory, or opened for streaming), then epochs drained (at least
+        `pipeline_images` images, the first batch of each epoch untimed, as in bench/pipeline.py)."""
         began = time.perf_counter()
-        splits = datalib.load_splits(shards_cfg.data, shards_cfg.train.seed)
+        splits = datalib.load_splits(cfg.data, cfg.train.seed)
         loaded = time.perf_counter()
         count, seconds = 0, 0.0
         while count < pipeline_images:
-            iterator = iter(datalib.train_dataset(splits.x_train, splits.y_train, shards_cfg.data, shard,
-                                                  seed=shards_cfg.train.seed, epoch=next(epochs)))
+            iterator = iter(datalib.train_dataset(splits.x_train, splits.y_train, cfg.data, shard,
+                                                  seed=cfg.train.seed, epoch=next(epochs)))
             next(iterator)
             first = time.perf_counter()
             count += shard.batch_size * sum(1 for _ in iterator)
@@ -84,7 +86,8 @@ def setup_folder(images: int, preset: str, overrides: list[str], pipeline_images
 
     return Sides(trials={"job jpg": lambda: job_decode("jpg"), "pillow jpg": lambda: pillow_loop("jpg"),
                          "job png": lambda: job_decode("png"), "pillow png": lambda: pillow_loop("png"),
-                         "shards pipeline": pipeline_from_shards},
+                         "shards pipeline": lambda: pipeline_from_shards(shards_cfg),
+                         "streamed pipeline": lambda: pipeline_from_shards(streamed_cfg)},
                  info={"images": images, "crop": list(CROP), "batch_size": shard.batch_size})
 
 
