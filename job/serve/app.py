@@ -277,7 +277,10 @@ def create_app(slot: ModelSlot, limits: Limits | None = None, token: str | None 
              dependencies=guarded, responses=documented(401, 503))
     async def model_info() -> dict:
         info = classifier().info
-        return {**info.to_dict(), "limits": limits.as_dict(), "batching": batching.as_dict()}
+        import tensorflow as tf  # loaded with the model
+
+        return {**info.to_dict(), "limits": limits.as_dict(), "batching": batching.as_dict(),
+                "model_threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
     @app.post("/v1/predict", summary="classify one or more uploaded images", response_model=PredictResponse,
               response_model_exclude_none=True, dependencies=guarded, responses={**_QUEUED, **errors},
