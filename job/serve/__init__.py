@@ -196,8 +196,9 @@ def resolve_model_threads(cores: int | None = None) -> int:
 
     The core left over is the event loop's (HTTP, multipart, JSON) and the decoding threads'. With TensorFlow's
     default, a pool as large as the machine, the pool's idle threads spin on the core the event loop needs: on 2
-    cores, ResNet-20 took ~1.6 CPU-ms per image at a batch of 8 with 2 threads against ~1.3 with 1, and a lone image
-    4.3 against 2.9 (docs/serving.md, How fast)."""
+    cores, ResNet-20 took 1.6-2.0 CPU-ms per image at a batch of 8 with 2 threads against 1.3-1.5 with 1, and a lone
+    image 4.1-5.6 against 2.4-3.5 (docs/performance.md, Serving at scale). A LiteRT file runs on its interpreter's
+    own threads (job/litert.py)."""
     cores = cores or len(os.sched_getaffinity(0))
     raw = os.environ.get(THREADS_ENV, "").strip()
     if not raw:
