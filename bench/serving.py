@@ -86,14 +86,15 @@ def setup_serving(preset: str, folder: str, files: int, trial_seconds: float) ->
 
     def batched() -> dict:
         """predict on CEILING_BATCH decoded images per call, for trial_seconds: images/s (the ceiling)."""
-        calls, began = 0, time.perf_counter()
+        calls, began, cpu = 0, time.perf_counter(), time.process_time()
         while True:
             classifier.predict(batch)
             calls += 1
             if time.perf_counter() >= began + trial_seconds:
                 break
         seconds = time.perf_counter() - began
-        return {"images_per_second": calls * CEILING_BATCH / seconds, "calls": calls, "seconds": seconds}
+        return {"images_per_second": calls * CEILING_BATCH / seconds, "calls": calls, "seconds": seconds,
+                "cpu_ms_per_image": 1000 * (time.process_time() - cpu) / (calls * CEILING_BATCH)}
 
     return Sides(trials={"in-process": direct, "in-process batched": batched},
                  info={"model": cfg.model.name, "model_file": str(model_file), "request_png": str(request_png),
@@ -107,9 +108,12 @@ def rates(latencies: list[float], seconds: float, errors: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ the clients
-def load(port: int, body: bytes, content_type: str, clients: int, seconds: float) -> dict:
+def load(port: int, body: bytes, content_type: str, clients: int, seconds: float, server_pid: int | None = None) \
+        -> dict:
     """`clients` threads POST the body for `seconds`, each on its own keep-alive connection; every answer must be
-    200. Rate = requests / (first start to last answer)."""
+    200. Rate = requests / (first start to last answer). With the server's pid, the CPU time of both sides per request:
+    on a 2-core machine the load generator shares the cores with the server, so what it takes is measured, not
+    assumed (the bench process does nothing else during a trial)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     start = threading.Barrier(clients + 1)
@@ -136,15 +140,29 @@ def load(port: int, body: bytes, content_type: str, clients: int, seconds: float
     threads = [threading.Thread(target=client, args=(mine,), daemon=True) for mine in latencies]
     for thread in threads:
         thread.start()
+    client_cpu, server_cpu = time.process_time(), _cpu_seconds(server_pid)
     began = time.perf_counter()
     end[0] = began + seconds
     start.wait()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
+    client_cpu, server_cpu = time.process_time() - client_cpu, _cpu_seconds(server_pid) - server_cpu
     if errors:
         raise RuntimeError(f"{len(errors)} of {clients} client(s) failed, e.g. {errors[0]}")
-    return rates([x for mine in latencies for x in mine], elapsed, errors=len(errors))
+    result = rates([x for mine in latencies for x in mine], elapsed, errors=len(errors))
+    result["client_cpu_ms_per_request"] = 1000 * client_cpu / result["requests"]
+    if server_pid is not None:
+        result["server_cpu_ms_per_request"] = 1000 * server_cpu / result["requests"]
+    return result
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc/PID/stat; 0 without a pid."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
 
 
 # -------------------------------------------------------------------------------------------- the section
@@ -186,8 +204,8 @@ def serve_preset(suite, preset: str, folder: Path) -> dict:
                  "in-process batched": lambda: worker.trial("in-process batched")}
         for mode, server in servers.items():
             for clients in CLIENTS:
-                sides[mode, clients] = (lambda p=server.port, c=clients:
-                                        load(p, body, content_type, c, s.serving_trial_seconds))
+                sides[mode, clients] = (lambda p=server.port, c=clients, pid=server.process.pid:
+                                        load(p, body, content_type, c, s.serving_trial_seconds, pid))
         for _ in range(s.warmup):
             for side in sides.values():
                 side()
@@ -242,6 +260,14 @@ def serving_figures(suite, info: dict, results: dict, rss: dict) -> None:
     figure(f"serve req/s, {many} clients, batching on: vs the in-process batched predict rate, {CEILING_BATCH} "
            f"per call ({model}; the ceiling)", "requests_per_second", "req/s", results[on8],
            "in-process batched img/s", ceiling, baseline_key="images_per_second")
+    # where the CPU goes with 8 clients: the server's per request against the model's own per image at its best
+    # batch, and what the load generator itself takes of the same cores
+    figure(f"serve CPU-ms per request, {many} clients, batching on: vs the in-process batched predict's CPU-ms per "
+           f"image ({model}; the rest is HTTP, multipart, decoding, JSON)", "server_cpu_ms_per_request", "CPU-ms",
+           results[on8], "in-process batched", ceiling, baseline_key="cpu_ms_per_image")
+    figure(f"bench client CPU-ms per request, {many} clients, batching on: vs the server's ({model}; the load "
+           f"generator's share of the cores)", "client_cpu_ms_per_request", "CPU-ms", results[on8], "server",
+           results[on8], baseline_key="server_cpu_ms_per_request")
     for mode in BATCHING:
         for clients in CLIENTS:
             for key in ("p50_ms", "p99_ms"):

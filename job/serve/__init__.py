@@ -37,6 +37,7 @@ _LIMIT_ENVS = {"max_request_mb": "JOB_SERVE_MAX_REQUEST_MB", "max_files": "JOB_S
                "max_pixels": "JOB_SERVE_MAX_PIXELS"}
 BATCH_SIZE_ENV, BATCH_WAIT_ENV = "JOB_SERVE_MAX_BATCH_SIZE", "JOB_SERVE_MAX_BATCH_WAIT_MS"
 MODEL_NAME_ENV, PUBLIC_METRICS_ENV = "JOB_SERVE_MODEL_NAME", "JOB_SERVE_PUBLIC_METRICS"
+THREADS_ENV = "TF_NUM_INTRAOP_THREADS"  # TensorFlow's own variable; k8s/serve.yaml sets it from the CPU limit
 
 
 def main(args, selection: Selection) -> int:
@@ -45,6 +46,7 @@ def main(args, selection: Selection) -> int:
     model_name = resolve_model_name(args)
     metrics_public = resolve_public_metrics(args)
     token = resolve_token()
+    threads = resolve_model_threads()
     check(selection)  # the cheap checks, before the port is opened (no TensorFlow)
     check_port(args.host, args.port)
     if not _is_loopback(args.host) and token is None:
@@ -65,6 +67,9 @@ def main(args, selection: Selection) -> int:
     def load() -> None:
         try:
             _hold_for_test()
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)  # before TensorFlow's first op
             from job.inference import Classifier
 
             began = time.monotonic()
@@ -85,6 +90,7 @@ def main(args, selection: Selection) -> int:
                  len(info.classes), info.weights, time.monotonic() - began, _display_host(args.host), args.port)
         log.info("batching: %s", f"up to {batching.max_batch_size} images per model call, waiting at most "
                                  f"{batching.max_wait_ms:g} ms" if batching.enabled else "off (a wait of 0)")
+        log.info("model threads: %d (%s sets it)", threads, THREADS_ENV)
 
     server.on_listening = lambda: threading.Thread(target=load, name="load-model", daemon=True).start()
     server.run()
@@ -183,6 +189,24 @@ def resolve_public_metrics(args) -> bool:
     if raw not in ("", "0", "1", "true", "false"):
         raise UserError(f"{PUBLIC_METRICS_ENV}={raw!r} is not 1 or 0; set 1 to serve /metrics without the token")
     return bool(getattr(args, "public_metrics", False)) or raw in ("1", "true")
+
+
+def resolve_model_threads(cores: int | None = None) -> int:
+    """TF_NUM_INTRAOP_THREADS, else every core but one: the threads of one model call.
+
+    The core left over is the event loop's (HTTP, multipart, JSON) and the decoding threads'. With TensorFlow's
+    default, a pool as large as the machine, the pool's idle threads spin on the core the event loop needs: on 2
+    cores, ResNet-20 took 1.6-2.0 CPU-ms per image at a batch of 8 with 2 threads against 1.3-1.5 with 1, and a lone
+    image 4.1-5.6 against 2.4-3.5 (docs/performance.md, Serving at scale). A LiteRT file runs on its interpreter's
+    own threads (job/litert.py)."""
+    cores = cores or len(os.sched_getaffinity(0))
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return max(1, cores - 1)
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"{THREADS_ENV}={raw!r} is not a whole number of threads of at least 1; unset it (every "
+                        f"core but one: {max(1, cores - 1)} here) or give e.g. 1")
+    return int(raw)
 
 
 def resolve_token() -> str | None:

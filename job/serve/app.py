@@ -276,8 +276,15 @@ def create_app(slot: ModelSlot, limits: Limits | None = None, token: str | None 
     @app.get("/v1/model", summary="the model: name, dataset, classes, evaluation metrics, weights, limits",
              dependencies=guarded, responses=documented(401, 503))
     async def model_info() -> dict:
-        info = classifier().info
-        return {**info.to_dict(), "limits": limits.as_dict(), "batching": batching.as_dict()}
+        model = classifier()
+        import tensorflow as tf  # both loaded with the model
+
+        from job.litert import LiteRTClassifier
+
+        litert = isinstance(model, LiteRTClassifier)  # its interpreter's own threads
+        threads = None if litert else tf.config.threading.get_intra_op_parallelism_threads()
+        return {**model.info.to_dict(), "limits": limits.as_dict(), "batching": batching.as_dict(),
+                "model_threads": threads}
 
     @app.post("/v1/predict", summary="classify one or more uploaded images", response_model=PredictResponse,
               response_model_exclude_none=True, dependencies=guarded, responses={**_QUEUED, **errors},

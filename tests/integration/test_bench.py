@@ -31,7 +31,8 @@ EXPECTED = {  # section -> phrases that each name exactly one of its figures
                    "local save vs one epoch on a GPU", "TF write vs one epoch on a GPU"],
     "serving": ["serve req/s, 1 client (", "serve req/s, 8 clients, batching on: vs 1 client",
                 "serve req/s, 8 clients, batching off: vs 1 client", "serve req/s, 8 clients: batching on vs off",
-                "vs the in-process batched predict rate",
+                "vs the in-process batched predict rate", "serve CPU-ms per request, 8 clients, batching on",
+                "bench client CPU-ms per request, 8 clients",
                 *(f"{p} latency ms, {c}, batching {mode}:" for p in ("p50", "p99") for c in ("1 client", "8 clients")
                   for mode in ("on", "off")),
                 "predict CLI on 40 PNG files"],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.serve_server import ServeProcess, digit_images, png_bytes, post_files
+from tests.support.serve_server import ServeProcess, digit_images, get, png_bytes, post_files
 from tests.support.trainer_runs import run_job
 
 FLOAT, INT8 = "model.tflite", "model_int8.tflite"
@@ -120,6 +120,8 @@ def test_serve_takes_a_litert_file(digits_run, tmp_path):
         assert explained.status == 200, explained.body
         assert "a LiteRT file does not have" in explained.json["gradcam_error"]
         assert "gradcam" not in explained.json["predictions"][0]
+        # docs/serving.md: no TensorFlow thread count for a file that runs on its interpreter's own threads
+        assert get(server.url + "/v1/model").json["model_threads"] is None
     finally:
         server.stop()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from job.overlay import OVERLAY_SIDE
+from job.serve import resolve_model_threads
 from tests.support.serve_server import (
     HOLD_ENV,
     TOKEN_ENV,
@@ -155,6 +157,17 @@ def test_model_endpoint_describes_the_run(server, digits_run):
     assert info["metrics"]["top1"] == pytest.approx(evaluation["top1"]) and info["metrics"]["top1"] > 0.8
     assert info["metrics"]["examples"] == evaluation["examples"]
     assert info["limits"]["max_request_bytes"] == MAX_MB * 1024 * 1024 and info["limits"]["max_files"] == MAX_FILES
+    # docs/serving.md (How fast): the model's thread pool, as TensorFlow reports it, leaves one core to the event loop
+    cores = len(os.sched_getaffinity(0))
+    assert info["model_threads"] == int(os.environ.get("TF_NUM_INTRAOP_THREADS") or max(1, cores - 1))
+
+
+@pytest.mark.parametrize("given, cores, threads", [(None, 2, 1), (None, 8, 7), (None, 1, 1), ("3", 2, 3)])
+def test_the_model_threads_leave_a_core_to_the_event_loop(given, cores, threads, monkeypatch):
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    if given is not None:
+        monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", given)  # Kubernetes' CPU limit (k8s/serve.yaml)
+    assert resolve_model_threads(cores) == threads
 
 
 def test_openapi_declares_the_multipart_body_and_docs_answer(server):
@@ -281,7 +294,8 @@ def run_without_validation(digits_run: Path, folder: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["missing run dir", "not a run", "no checkpoint", "no best", "missing model",
                                   "not a model", "zero files", "short token", "port in use", "batch wait variable",
-                                  "batch size variable", "model name", "public metrics variable"])
+                                  "batch size variable", "model name", "public metrics variable",
+                                  "threads variable"])
 def test_bad_arguments_end_in_one_line_before_listening(case, digits_run, tmp_path):
     taken = socket.create_server(("127.0.0.1", 0))  # a port someone listens on
     port = taken.getsockname()[1] if case == "port in use" else free_loopback_ports(1)[0]
@@ -302,10 +316,12 @@ def test_bad_arguments_end_in_one_line_before_listening(case, digits_run, tmp_pa
         "batch size variable": (["--run-dir", str(digits_run)], "JOB_SERVE_MAX_BATCH_SIZE='2.5' is not a whole"),
         "model name": (["--run-dir", str(digits_run), "--model-name", "a/b"], "is not usable in a URL path"),
         "public metrics variable": (["--run-dir", str(digits_run)], "JOB_SERVE_PUBLIC_METRICS='yes' is not 1 or 0"),
+        "threads variable": (["--run-dir", str(digits_run)], "TF_NUM_INTRAOP_THREADS='0' is not a whole number"),
     }[case]
     env.update({"short token": {TOKEN_ENV: "abc"}, "batch wait variable": {"JOB_SERVE_MAX_BATCH_WAIT_MS": "-1"},
                 "batch size variable": {"JOB_SERVE_MAX_BATCH_SIZE": "2.5"},
-                "public metrics variable": {"JOB_SERVE_PUBLIC_METRICS": "yes"}}.get(case, {}))
+                "public metrics variable": {"JOB_SERVE_PUBLIC_METRICS": "yes"},
+                "threads variable": {"TF_NUM_INTRAOP_THREADS": "0"}}.get(case, {}))
     with taken:
         done = run_job("serve", *args, "--port", str(port), timeout=120, env=env)
     assert done.returncode == 2, done.stderr
