@@ -42,14 +42,17 @@ train: install
 # After `dev` every tool the tests use is installed, so a skip means a broken install: it fails the run unless
 # tests/allowed_skips.txt lists it (tests/support/skip_guard.py). A bare `pytest` only reports skips.
 FAIL_ON_SKIPS := JOB_FAIL_ON_UNLISTED_SKIPS=1
+# Two pytest workers (pytest-xdist), a test file each at a time: most tests wait on child processes, so two at once use
+# the 2 cores better than one; whole files keep each module's fixtures (a trained run, a server) built once.
+PARALLEL ?= -n 2 --dist loadfile
 
 ## the whole test suite, slow end-to-end tests included (what CI runs)
 test: dev
-	$(FAIL_ON_SKIPS) $(PY) -m pytest $(PYTEST_ARGS)
+	$(FAIL_ON_SKIPS) $(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 ## the unit tests (tests/unit/: no process, no server; a few minutes), for the edit-test loop
 test-fast: dev
-	$(FAIL_ON_SKIPS) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(FAIL_ON_SKIPS) $(PY) -m pytest $(PARALLEL) tests/unit $(PYTEST_ARGS)
 
 ## ruff on the whole repository (ruff.toml); CI runs it
 lint: dev
