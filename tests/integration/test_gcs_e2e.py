@@ -128,16 +128,7 @@ def reference(gcs_server, tmp_path_factory) -> Reference:
 def test_kill_minus_nine_wipe_the_disk_and_resume_from_the_bucket(gcs_server, gcs_bucket, reference, tmp_path):
     url, work = gcs_bucket + "/run", tmp_path / "work"
     command = ["train", *TINY, f"run.dir={url}", f"run.work_dir={work}"]
-    proxy = GcsProxy(gcs_server.endpoint)
-    proxy.hold("upload", r"/checkpoints/ckpt-15\.commit\.json$")  # so the kill lands with step 10 the newest commit
-    process = start_job(*command, env=trainer_env(**proxy.env()), log_path=tmp_path / "first.log")
-    try:
-        proxy.wait_held(timeout=600, check=lambda: _alive(process, tmp_path / "first.log"))
-        kill_hard(process)
-    finally:
-        if process.poll() is None:
-            kill_hard(process)
-        proxy.close()
+    _kill_while_ckpt_15_is_committed(gcs_server, command, tmp_path / "first.log")
     shutil.rmtree(work)  # the pod's disk is gone: whatever the working copy held was lost
 
     killed_at = open_reader(url, tmp_path / "reader").latest().step
@@ -159,16 +150,7 @@ def test_a_killed_trainers_working_copy_is_reused_and_a_finished_one_leaves_none
     url, temp_dir = gcs_bucket + "/run", tmp_path / "tmp"
     temp_dir.mkdir()
     command = ["train", *TINY, f"run.dir={url}"]
-    proxy = GcsProxy(gcs_server.endpoint)
-    proxy.hold("upload", r"/checkpoints/ckpt-15\.commit\.json$")  # killed with ckpt-10 committed
-    process = start_job(*command, env=trainer_env(TMPDIR=str(temp_dir), **proxy.env()), log_path=tmp_path / "first.log")
-    try:
-        proxy.wait_held(timeout=600, check=lambda: _alive(process, tmp_path / "first.log"))
-        kill_hard(process)
-    finally:
-        if process.poll() is None:
-            kill_hard(process)
-        proxy.close()
+    _kill_while_ckpt_15_is_committed(gcs_server, command, tmp_path / "first.log", TMPDIR=str(temp_dir))
     left = temp_dir / "job-runs" / folder_name(url, 0)
     assert list((left / "checkpoints").glob("ckpt-15-*.index")), sorted(p.name for p in left.rglob("*"))
 
@@ -179,6 +161,21 @@ def test_a_killed_trainers_working_copy_is_reused_and_a_finished_one_leaves_none
     assert_run_complete(url)
     assert not (temp_dir / "job-runs").exists(), sorted(str(p) for p in temp_dir.rglob("*"))
     assert not list(temp_dir.glob("job-*")), sorted(p.name for p in temp_dir.iterdir())
+
+
+def _kill_while_ckpt_15_is_committed(gcs_server, command: list[str], log: Path, **env: str) -> None:
+    """Start the trainer with ckpt-15's commit object held in the proxy and kill -9 it there: step 10 is the newest
+    commit, ckpt-15's files are stored (in the bucket and the working copy) but not committed."""
+    proxy = GcsProxy(gcs_server.endpoint)
+    proxy.hold("upload", r"/checkpoints/ckpt-15\.commit\.json$")
+    process = start_job(*command, env=trainer_env(**env, **proxy.env()), log_path=log)
+    try:
+        proxy.wait_held(timeout=600, check=lambda: _alive(process, log))
+        kill_hard(process)
+    finally:
+        if process.poll() is None:
+            kill_hard(process)
+        proxy.close()
 
 
 def _alive(process: subprocess.Popen, log: Path) -> None:
