@@ -32,9 +32,16 @@ def setup_folder(images: int, preset: str, overrides: list[str], pipeline_images
     photos = [Image.open(Path(sklearn.datasets.__file__).parent / "images" / f"{n}.jpg").convert("RGB")
               for n in ("china", "flower")]
     rng = np.random.default_rng(0)
+    # distinct crop positions per photo: the same crop twice would be the same image in train and test, which the
+    # folder loader refuses (docs/own-images.md)
+    positions = []
+    for photo in photos:
+        columns = photo.width - CROP[0]
+        drawn = rng.choice(columns * (photo.height - CROP[1]), size=(images + 1) // 2, replace=False)
+        positions.append([(int(d % columns), int(d // columns)) for d in drawn])
     for i in range(images):
         photo = photos[i % 2]
-        left, top = (int(rng.integers(0, photo.width - CROP[0])), int(rng.integers(0, photo.height - CROP[1])))
+        left, top = positions[i % 2][i // 2]
         crop = photo.crop((left, top, left + CROP[0], top + CROP[1]))
         for fmt, ext in (("JPEG", "jpg"), ("PNG", "png")):
             path = work / ext / f"class_{i % 2}" / f"{i:05d}.{ext}"
