@@ -50,7 +50,7 @@ PARALLEL ?= -n 2 --dist loadfile
 test: dev
 	$(FAIL_ON_SKIPS) $(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
-## the unit tests (tests/unit/: no process, no server; a few minutes), for the edit-test loop
+## the unit tests (tests/unit/: no process, no server; under a minute on two workers), for the edit-test loop
 test-fast: dev
 	$(FAIL_ON_SKIPS) $(PY) -m pytest $(PARALLEL) tests/unit $(PYTEST_ARGS)
 
@@ -58,7 +58,7 @@ test-fast: dev
 lint: dev
 	$(VENV)/bin/ruff check .
 
-## benchmarks (a few minutes): the loop vs Keras fit, the input pipeline, checkpoint blocking; docs/performance.md
+## benchmarks (about half an hour; bench.run --sections picks some): loop vs fit, pipeline, checkpoints, serving, recipe; docs/performance.md
 bench: dev
 	$(PY) -m bench.run
 

@@ -1,6 +1,6 @@
 """`python -m bench.run`: run the benchmarks, print one table, write bench/results/<date>.json.
 
-    python -m bench.run            the full suite (`make bench`), a few minutes on a 2-core machine
+    python -m bench.run            the full suite (`make bench`), about half an hour on a 2-core machine
     python -m bench.run --tiny     a smoke run of every code path at toy sizes (tests/integration/test_bench.py)
 
 Sections: (1) training throughput of the project's loop vs Keras fit, (2) the input pipeline vs the rate the models
