@@ -80,11 +80,8 @@ def verify_md5(path: Path, expected: str, spec: ArchiveSpec, shown_name: str | N
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _fetch_from_bucket(spec: ArchiveSpec, data_dir: str, download: bool, expected: str) -> Path:
