@@ -279,21 +279,20 @@ def _load(store: Storage, manifest: dict) -> DecodedSet:
     for shard in manifest["shards"]:
         raw = store.read_bytes(shard["name"])
         if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
-            raise DataError(f"decoded shard {store.url}/{shard['name']} does not match its checksum in the manifest "
-                            f"(damaged); delete {store.url} to decode the folder again")
+            raise _damaged(store, shard)
         parts.append(np.load(io.BytesIO(raw), allow_pickle=False))
-    files = manifest["files"]
-    kept = np.array([i for i, f in enumerate(files) if not f[5]], np.int64)
-    return DecodedSet(np.concatenate(parts), kept, [files[i][3] for i in kept], manifest["skipped"])
+    return _decoded_set(np.concatenate(parts), manifest)
 
 
 def _open_streamed(store: Storage, manifest: dict, key: str) -> DecodedSet:
-    """The cache's shards as ShardedImages on local disk (a gs:// cache's copied first), checksums verified."""
+    """The cache's shards as ShardedImages on local disk (a gs:// cache's copied first), checksums verified: each file
+    hashed once, or twice where a gs:// copy had to be fetched again."""
     local = local_shards_dir(store, key)
     paths = []
     for shard in manifest["shards"]:
         path = local / shard["name"]
-        if store.is_remote and not (path.is_file() and file_sha256(path) == shard["sha256"]):
+        intact = path.is_file() and file_sha256(path) == shard["sha256"]
+        if not intact and store.is_remote:
             try:
                 store.get_file(shard["name"], path)  # to a temporary name, then renamed: other workers may copy too
             except UserError:
@@ -302,13 +301,22 @@ def _open_streamed(store: Storage, manifest: dict, key: str) -> DecodedSet:
                 raise DataError(f"cannot copy {store.url}/{shard['name']} to {path} ({type(e).__name__}: "
                                 f"{first_line(e)}); a streamed run needs the decoded size free in $TMPDIR "
                                 f"({tempfile.gettempdir()}): free it, or point TMPDIR at a larger disk") from None
-        if file_sha256(path) != shard["sha256"]:
-            raise DataError(f"decoded shard {store.url}/{shard['name']} does not match its checksum in the manifest "
-                            f"(damaged); delete {store.url} to decode the folder again")
+            intact = file_sha256(path) == shard["sha256"]
+        if not intact:
+            raise _damaged(store, shard)
         paths.append(path)
+    return _decoded_set(ShardedImages(paths), manifest)
+
+
+def _decoded_set(images: np.ndarray | ShardedImages, manifest: dict) -> DecodedSet:
     files = manifest["files"]
     kept = np.array([i for i, f in enumerate(files) if not f[5]], np.int64)
-    return DecodedSet(ShardedImages(paths), kept, [files[i][3] for i in kept], manifest["skipped"])
+    return DecodedSet(images, kept, [files[i][3] for i in kept], manifest["skipped"])
+
+
+def _damaged(store: Storage, shard: dict) -> DataError:
+    return DataError(f"decoded shard {store.url}/{shard['name']} does not match its checksum in the manifest "
+                     f"(damaged); delete {store.url} to decode the folder again")
 
 
 def _checked(decoded: DecodedSet, listing: FolderListing, manifest: dict, cfg: DataConfig) -> DecodedSet:
