@@ -27,8 +27,8 @@ import numpy as np
 from bench.worker import Sides
 
 BASELINE = "baseline"
-# technique -> (its label in the table, the overrides that turn it on in a run of its own, or None: read off the
-# baseline runs). Order is the table's.
+# technique -> its label in the table, in the table's order (training_settings: the runs of their own; _SIDES: where
+# each side's top-1 is read)
 TECHNIQUES = {
     "bn_recalibration": "BatchNorm recalibration",
     "ema": "weight EMA",
@@ -81,7 +81,7 @@ def train_and_test(preset: str, overrides: list[str], seed: int, batches: int, e
     from job.builder import build_run
     from job.config import load_config
     from job.hooks import default_hooks
-    from job.loop import Loop
+    from job.loop import Loop, recalibrate_at
     from job.stopping import StopRequest
 
     run_dir = tempfile.mkdtemp(prefix="bench-recipe-")
@@ -99,28 +99,16 @@ def train_and_test(preset: str, overrides: list[str], seed: int, batches: int, e
     result = {"seed": seed, "steps": loop.step, "classes": splits.num_classes, "train_images": len(splits.x_train),
               "test_images": len(splits.x_test), "train_seconds": trained,
               "top1_without_recalibration": _top1(parts, "off")}
-    _recalibrate(parts, loop.step, batches)
+    recalibrate_at(parts, loop.step, batches)
     result["top1"] = _top1(parts, "off")
     result["top1_translate_tta"] = _top1(parts, "translate")
     with parts.ema.swapped():
-        _recalibrate(parts, loop.step, batches)
+        recalibrate_at(parts, loop.step, batches)
         result["top1_ema"] = _top1(parts, "off")
     parts.run.close(60.0)
     shutil.rmtree(run_dir, ignore_errors=True)
     print(f"[recipe] {' '.join(overrides[-2:])} seed {seed}: {result}", file=sys.stderr, flush=True)  # the worker log
     return result
-
-
-def _recalibrate(parts, step: int, batches: int) -> None:
-    """What job.loop.Loop.recalibrate does at the run's end, with `batches` batches of the epoch trained last."""
-    from job import data as datalib
-    from job.precise_bn import recalibrate
-
-    epoch = max(0, step - 1) // parts.steps_per_epoch
-    dataset = parts.backend.distribute_dataset(
-        lambda shard: datalib.calibration_dataset(parts.splits.x_train, shard, parts.cfg.train.seed, epoch, batches),
-        parts.cfg.train.batch_size)
-    recalibrate(parts.model, parts.backend, dataset)
 
 
 def _top1(parts, tta: str) -> float:
@@ -139,17 +127,13 @@ def _top1(parts, tta: str) -> float:
 
 
 def translate_logits(model, images):
-    """job/tta.py's flip-translate without the mirrors: half the logits on the image, plus a quarter each on copies
-    shifted by -p and +p pixels diagonally with zero padding. Float images (n, H, W, C) in [0, 255]."""
+    """job/tta.py's flip-translate without the mirrors: the translated views' mean of the model's own logits. Float
+    images (n, H, W, C) in [0, 255]."""
     import tensorflow as tf
 
-    from job.tta import TRANSLATE_PIXELS as p
+    from job.tta import translate_mean
 
-    n, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
-    views = tf.concat([images, padded[:, 2 * p:2 * p + height, 2 * p:2 * p + width], padded[:, :height, :width]], 0)
-    logits = tf.cast(model(views, training=False), tf.float32)
-    return 0.5 * logits[:n] + 0.25 * (logits[n:2 * n] + logits[2 * n:])
+    return translate_mean(lambda views: tf.cast(model(views, training=False), tf.float32), images)
 
 
 # ------------------------------------------------------------------------------------------------------ the parent

@@ -29,6 +29,16 @@ log = logging.getLogger("job")
 FINISHED, STOPPED, PREEMPTED = "finished", "stopped", "preempted"
 
 
+def recalibrate_at(parts: RunParts, step: int, batches: int) -> int:
+    """BatchNorm statistics of `parts.model` recomputed (job/precise_bn.py) from `batches` global batches of the epoch
+    that `step` ends or is in, as train.seed draws them; returns how many layers."""
+    epoch = max(0, step - 1) // parts.steps_per_epoch
+    dataset = parts.backend.distribute_dataset(
+        lambda shard: datalib.calibration_dataset(parts.splits.x_train, shard, parts.cfg.train.seed, epoch, batches),
+        parts.cfg.train.batch_size)
+    return recalibrate(parts.model, parts.backend, dataset)
+
+
 class Loop:
     def __init__(self, parts: RunParts, hooks: list[Hook], stop: StopRequest):
         self.parts, self.cfg, self.hooks, self.stop = parts, parts.cfg, hooks, stop
@@ -176,12 +186,8 @@ class Loop:
         done = self._calibrated_step == self.step and not force
         if not batches or done or not trainable_batchnorms(self.parts.model):
             return
-        parts, started = self.parts, time.perf_counter()
-        epoch = max(0, self.step - 1) // parts.steps_per_epoch
-        dataset = parts.backend.distribute_dataset(
-            lambda shard: datalib.calibration_dataset(parts.splits.x_train, shard, self.cfg.train.seed, epoch,
-                                                      batches), self.cfg.train.batch_size)
-        layers = recalibrate(parts.model, parts.backend, dataset)
+        started = time.perf_counter()
+        layers = recalibrate_at(self.parts, self.step, batches)
         if not force:
             self._calibrated_step = self.step
         log.debug("BatchNorm statistics of %d layers recomputed from %d batches at step %d in %.2f s", layers,

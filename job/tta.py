@@ -22,21 +22,28 @@ TRANSLATE_PIXELS = 2
 
 def tta_logits(forward: Callable, images, mode: str):
     """`forward(images) -> logits` under TTA `mode`; images float (n, H, W, C) in [0, 255]. Works in a tf.function."""
-    import tensorflow as tf
-
     if mode not in MODES:
         raise ValueError(f"unknown TTA mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "off":
         return forward(images)
     if mode == "flip":
         return _mirror_mean(forward, images)
+    return translate_mean(lambda views: _mirror_mean(forward, views), images)
+
+
+def translate_mean(view_logits: Callable, images):
+    """Half of `view_logits` on the images, plus a quarter each on copies translated diagonally by -p and +p pixels
+    with zero padding (p = TRANSLATE_PIXELS), the three views in one call. flip-translate's `view_logits` is the flip
+    mean; the bench's translate-only TTA (bench/recipe.py) passes the model itself."""
+    import tensorflow as tf
+
     p = TRANSLATE_PIXELS
     height, width = tf.shape(images)[1], tf.shape(images)[2]
     padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
     up_left = padded[:, 2 * p:2 * p + height, 2 * p:2 * p + width]  # content moved by -p, -p
     down_right = padded[:, :height, :width]  # content moved by +p, +p
     n = tf.shape(images)[0]
-    means = _mirror_mean(forward, tf.concat([images, up_left, down_right], axis=0))
+    means = view_logits(tf.concat([images, up_left, down_right], axis=0))
     return 0.5 * means[:n] + 0.25 * (means[n:2 * n] + means[2 * n:])
 
 
